@@ -1,0 +1,3 @@
+from careplane.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The shared kernel: database, blobs, events and jobs. It knows nothing of any care domain."""

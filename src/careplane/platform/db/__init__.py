@@ -1,0 +1,19 @@
+"""Database access: one :class:`Database` per process, SQLite or PostgreSQL behind SQLAlchemy 2."""
+
+from careplane.platform.db._engine import Database, DatabaseUnavailable
+from careplane.platform.db._migrate import MigrationRequired, migrate, needs_migration
+from careplane.platform.db._types import JSONType, UTCDateTime, new_id, utcnow
+from careplane.platform.db.base import Base
+
+__all__ = [
+    "Base",
+    "Database",
+    "DatabaseUnavailable",
+    "JSONType",
+    "MigrationRequired",
+    "UTCDateTime",
+    "migrate",
+    "needs_migration",
+    "new_id",
+    "utcnow",
+]

@@ -1,0 +1,152 @@
+"""Service functions for organisations, users and tokens; the CLI, the API and the web call these."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from careplane.platform.db import utcnow
+from careplane.security._principal import Principal, Role
+from careplane.security.models import AuthToken, Membership, Organisation, User
+from careplane.security.passwords import hash_password, verify_password
+
+__all__ = ["IdentityError", "IssuedToken", "add_membership", "authenticate", "create_org",
+           "create_user", "issue_token", "resolve_token", "revoke_token"]
+
+MAX_FAILED_LOGINS = 5
+LOCKOUT = timedelta(minutes=15)
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class IdentityError(ValueError):
+    """A request about identities that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    token_id: str
+    expires_at: datetime
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_org(session: Session, slug: str, name: str) -> Organisation:
+    if not _SLUG.match(slug):
+        raise IdentityError(
+            f"organisation slug {slug!r} must be lower-case letters, digits and '-'")
+    if session.scalar(select(Organisation).where(Organisation.slug == slug)):
+        raise IdentityError(f"organisation {slug!r} already exists")
+    org = Organisation(slug=slug, name=name)
+    session.add(org)
+    session.flush()
+    return org
+
+
+def get_org(session: Session, slug: str) -> Organisation:
+    org = session.scalar(select(Organisation).where(Organisation.slug == slug))
+    if org is None:
+        raise IdentityError(f"no organisation {slug!r}")
+    return org
+
+
+def create_user(session: Session, username: str, password: str, *, org: Organisation,
+                roles: list[Role], full_name: str = "", email: str | None = None) -> User:
+    if not username or len(username) > 150 or not username.isprintable() or " " in username:
+        raise IdentityError("username must be 1-150 printable characters without spaces")
+    if len(password) < 8:
+        raise IdentityError("password must be at least 8 characters")
+    if not roles:
+        raise IdentityError("a user needs at least one role")
+    if session.scalar(select(User).where(User.username == username)):
+        raise IdentityError(f"user {username!r} already exists")
+    user = User(username=username, password_hash=hash_password(password),
+                full_name=full_name, email=email)
+    session.add(user)
+    session.flush()
+    for role in roles:
+        add_membership(session, user, org, role)
+    return user
+
+
+def add_membership(session: Session, user: User, org: Organisation, role: Role) -> Membership:
+    membership = Membership(user_id=user.id, org_id=org.id, role=Role(role).value)
+    session.add(membership)
+    session.flush()
+    return membership
+
+
+def authenticate(session: Session, username: str, password: str) -> User | None:
+    """Check a password; counts failures and locks the account for a while after too many."""
+    user = session.scalar(select(User).where(User.username == username))
+    now = utcnow()
+    if user is None or not user.is_active:
+        verify_password(password, None)
+        return None
+    if user.locked_until and user.locked_until > now:
+        verify_password(password, None)
+        return None
+    ok, new_hash = verify_password(password, user.password_hash)
+    if not ok:
+        user.failed_logins += 1
+        if user.failed_logins >= MAX_FAILED_LOGINS:
+            user.locked_until = now + LOCKOUT
+            user.failed_logins = 0
+        return None
+    user.failed_logins = 0
+    user.locked_until = None
+    if new_hash:
+        user.password_hash = new_hash
+    return user
+
+
+def issue_token(session: Session, user: User, *, kind: str, lifetime: timedelta,
+                org_id: str | None = None, name: str = "", scopes: str = "") -> IssuedToken:
+    if kind not in ("session", "bearer"):
+        raise IdentityError(f"unknown token kind {kind!r}")
+    orgs = {m.org_id for m in user.memberships}
+    if org_id is None:
+        if not orgs:
+            raise IdentityError(f"user {user.username!r} belongs to no organisation")
+        org_id = sorted(orgs)[0]
+    elif org_id not in orgs:
+        raise IdentityError(f"user {user.username!r} is not a member of that organisation")
+    token = secrets.token_urlsafe(32)
+    row = AuthToken(token_hash=hash_token(token), kind=kind, user_id=user.id, org_id=org_id,
+                    name=name, scopes=scopes, expires_at=utcnow() + lifetime)
+    session.add(row)
+    session.flush()
+    return IssuedToken(token=token, token_id=row.id, expires_at=row.expires_at)
+
+
+def resolve_token(session: Session, token: str, *, kind: str) -> Principal | None:
+    """The principal a presented token stands for, or None if unknown, expired or revoked."""
+    row = session.scalar(select(AuthToken).where(AuthToken.token_hash == hash_token(token)))
+    now = utcnow()
+    if row is None or row.kind != kind or row.revoked_at or row.expires_at <= now:
+        return None
+    user = session.get(User, row.user_id)
+    if user is None or not user.is_active:
+        return None
+    roles = frozenset(Role(m.role) for m in user.memberships if m.org_id == row.org_id)
+    if not roles:
+        return None
+    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+        row.last_used_at = now
+    return Principal(user_id=user.id, username=user.username, org_id=row.org_id, roles=roles,
+                     token_id=row.id, scopes=frozenset(row.scopes.split()),
+                     display_name=user.full_name or user.username)
+
+
+def revoke_token(session: Session, token_id: str) -> None:
+    row = session.get(AuthToken, token_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
