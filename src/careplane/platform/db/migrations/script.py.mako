@@ -6,8 +6,9 @@ Revises: ${down_revision | comma,n}
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql  # noqa: F401
 
-import careplane.platform.db as cdb
+import careplane.platform.db as cdb  # noqa: F401
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

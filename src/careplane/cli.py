@@ -1,0 +1,247 @@
+"""The one entry point: ``careplane serve | demo | migrate | worker | org | user | token``.
+
+Commands that create things print them as JSON so that scripts can use the output directly.
+Every failure the operator can fix (bad settings, unreachable database) is one clear line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from careplane.platform.db import Database, DatabaseUnavailable, MigrationRequired, migrate
+from careplane.platform.logs import configure_logging
+from careplane.security import Role
+from careplane.security.identity import IdentityError
+from careplane.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="careplane: FHIR records, DICOM imaging, genomics and more, self-hosted.")
+org_app = typer.Typer(no_args_is_help=True, help="Organisations (institutions).")
+user_app = typer.Typer(no_args_is_help=True, help="Users and their roles.")
+token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
+app.add_typer(org_app, name="org")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+
+log = logging.getLogger("careplane.cli")
+T = TypeVar("T")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="data directory "
+                                               "(default: $CAREPLANE_DATA_DIR or ./data)")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"careplane: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def emit(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def settings_from(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+@contextmanager
+def database(settings: Settings, *, auto_migrate: bool = True) -> Iterator[Database]:
+    db = Database(settings.db_url)
+    try:
+        db.ping()
+        if auto_migrate:
+            migrate(db, only_if_new=True)
+        yield db
+    except (DatabaseUnavailable, MigrationRequired) as exc:
+        fail(str(exc))
+    finally:
+        db.dispose()
+
+
+def guarded(func: Callable[[], T]) -> T:
+    try:
+        return func()
+    except IdentityError as exc:
+        fail(str(exc))
+
+
+@app.command("migrate")
+def migrate_cmd(data_dir: DataDir = None) -> None:
+    """Bring the database schema up to date (safe to run at any time)."""
+    settings = settings_from(data_dir)
+    with database(settings, auto_migrate=False) as db:
+        applied = migrate(db)
+    emit({"database": db.safe_url, "migrated": applied})
+
+
+@org_app.command("add")
+def org_add(slug: str, name: Annotated[str, typer.Option(help="display name")] = "",
+            data_dir: DataDir = None) -> None:
+    """Create an organisation and print it as JSON."""
+    from careplane.security.identity import create_org
+
+    settings = settings_from(data_dir)
+    with database(settings) as db, db.session() as session:
+        org = guarded(lambda: create_org(session, slug, name or slug))
+        emit({"id": org.id, "slug": org.slug, "name": org.name})
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    org: Annotated[str, typer.Option(help="organisation slug")],
+    role: Annotated[list[Role], typer.Option(help="role (repeatable)")],
+    password: Annotated[str | None, typer.Option(
+        envvar="CAREPLANE_NEW_USER_PASSWORD", help="default: a generated one, printed once")] = None,
+    full_name: Annotated[str, typer.Option()] = "",
+    email: Annotated[str | None, typer.Option()] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a user in an organisation and print it (and a generated password) as JSON."""
+    import secrets
+
+    from careplane.security.identity import create_user, get_org
+
+    settings = settings_from(data_dir)
+    generated = password is None
+    password = password or secrets.token_urlsafe(12)
+    with database(settings) as db, db.session() as session:
+        organisation = guarded(lambda: get_org(session, org))
+        user = guarded(lambda: create_user(session, username, password, org=organisation,
+                                           roles=list(role), full_name=full_name, email=email))
+        out: dict[str, Any] = {"id": user.id, "username": user.username,
+                               "organisation": organisation.slug,
+                               "roles": sorted(r.value for r in role)}
+        if generated:
+            out["password"] = password
+        emit(out)
+
+
+@token_app.command("add")
+def token_add(username: str,
+              days: Annotated[float, typer.Option(min=0.01, max=366)] = 30,
+              name: Annotated[str, typer.Option()] = "cli",
+              data_dir: DataDir = None) -> None:
+    """Issue a bearer token for a user (for scripts) and print it once as JSON."""
+    from sqlalchemy import select
+
+    from careplane.security.identity import issue_token
+    from careplane.security.models import User
+
+    settings = settings_from(data_dir)
+    with database(settings) as db, db.session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            fail(f"no user {username!r}")
+        issued = guarded(lambda: issue_token(session, user, kind="bearer", name=name,
+                                             lifetime=timedelta(days=days)))
+        emit({"access_token": issued.token, "token_type": "Bearer",
+              "expires_at": issued.expires_at.isoformat()})
+
+
+@app.command()
+def worker(data_dir: DataDir = None) -> None:
+    """Run one job worker in the foreground (scale out by running more, on any host)."""
+    import signal
+
+    from careplane.platform.jobs import Worker
+
+    settings = settings_from(data_dir)
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    with database(settings) as db:
+        w = Worker(db, heartbeat=settings.job_heartbeat_seconds,
+                   stale_after=settings.job_stale_after_seconds)
+        signal.signal(signal.SIGTERM, lambda *_: w.stop())
+        signal.signal(signal.SIGINT, lambda *_: w.stop())
+        w.run_forever()
+
+
+def run_server(settings: Settings) -> None:
+    import uvicorn
+
+    from careplane.app import create_app
+    from careplane.platform.jobs import LocalExecutor
+
+    try:
+        settings.check_safe()
+    except SettingsError as exc:
+        fail(str(exc))
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with database(settings):
+        pass
+    application = create_app(settings)
+    executor = None
+    if settings.job_workers:
+        executor = LocalExecutor(settings.db_url, settings.job_workers,
+                                 heartbeat=settings.job_heartbeat_seconds,
+                                 stale_after=settings.job_stale_after_seconds,
+                                 log_level=settings.log_level, log_json=settings.log_json)
+        executor.start()
+    try:
+        uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
+                    proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+    finally:
+        if executor:
+            executor.stop()
+
+
+@app.command()
+def serve(host: Annotated[str | None, typer.Option()] = None,
+          port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
+          dicom_port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
+          workers: Annotated[int | None, typer.Option(
+              "--job-workers", min=0, max=64, help="local job worker processes")] = None,
+          data_dir: DataDir = None) -> None:
+    """Start the server (web UI, FHIR, DICOMweb, GA4GH and the job workers)."""
+    settings = settings_from(data_dir, host=host, port=port, dicom_port=dicom_port,
+                             job_workers=workers)
+    run_server(settings)
+
+
+@app.command()
+def demo(port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+         data_dir: DataDir = None,
+         no_serve: Annotated[bool, typer.Option("--no-serve", help="seed and exit")] = False
+         ) -> None:
+    """Create demo organisations, users and data, print the logins, and serve on 127.0.0.1."""
+    from careplane.demo import seed
+
+    os.environ.setdefault("CAREPLANE_ENV", "development")
+    settings = settings_from(data_dir or Path(os.environ.get(
+        "CAREPLANE_DATA_DIR", Path.cwd() / "data" / "demo")), host="127.0.0.1", port=port)
+    if not settings.development:
+        fail("`careplane demo` runs only in development mode (CAREPLANE_ENV=development)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with database(settings) as db:
+        logins = seed(settings, db)
+    typer.echo(f"careplane demo: data in {settings.data_dir}", err=True)
+    typer.echo(f"Open http://127.0.0.1:{port}/ and sign in as one of:", err=True)
+    for login in logins:
+        typer.echo(f"  {login['username']:<16} {login['password']:<20} {login['roles']}",
+                   err=True)
+    if not no_serve:
+        run_server(settings)
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as exc:
+        typer.echo(f"careplane: error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,86 @@
+"""How a hub learns that the outbox has grown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+import psycopg
+
+from careplane.platform.events._publish import CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class Wakeup(Protocol):
+    async def start(self) -> None: ...
+    async def wait(self, timeout: float) -> None:
+        """Return when new events may exist, or after ``timeout`` seconds at the latest."""
+    def poke(self) -> None:
+        """Wake the waiter at once (a commit in this process)."""
+    async def close(self) -> None: ...
+
+
+class PollingWakeup:
+    """Checks every ``interval`` seconds; any database, and instant for commits in-process."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._flag = asyncio.Event()
+
+    async def start(self) -> None:
+        return None
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flag.wait(), min(timeout, self.interval))
+        self._flag.clear()
+
+    def poke(self) -> None:
+        self._flag.set()
+
+    async def close(self) -> None:
+        return None
+
+
+class PostgresListenWakeup(PollingWakeup):
+    """LISTEN on the outbox channel: a commit in any process wakes every hub within milliseconds.
+
+    Polling stays on as a slow safety net (a dropped connection is re-established and anything
+    missed in between is found by the id cursor, so no event is lost).
+    """
+
+    def __init__(self, conninfo: str, interval: float = 5.0) -> None:
+        super().__init__(interval)
+        self.conninfo = conninfo
+        self._task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="careplane-event-listen")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), 10)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
+                    self.poke()  # catch up on anything committed while we were away
+                    async for _notify in conn.notifies():
+                        self.poke()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect after a database restart
+                log.warning("event listener lost its connection: %s; reconnecting", exc)
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
