@@ -7,16 +7,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from careplane._version import __version__
+from careplane.domains import modules
 from careplane.platform.blobs import LocalBlobStore
 from careplane.platform.context import Platform
 from careplane.platform.db import Database, DatabaseUnavailable, migrate
@@ -122,13 +121,6 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
                         "ms": round((time.perf_counter() - started) * 1000, 2)})
         return response
 
-    from careplane.ops.routes import router as ops_router
-    from careplane.security.routes import router as security_router
-    from careplane.web.routes import router as web_router
-
-    app.include_router(ops_router)
-    app.include_router(security_router)
-    app.include_router(web_router)
-    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "web" / "static"),
-              name="static")
+    for domain in modules():
+        domain.mount(app)
     return app

@@ -107,7 +107,8 @@ def user_add(
     org: Annotated[str, typer.Option(help="organisation slug")],
     role: Annotated[list[Role], typer.Option(help="role (repeatable)")],
     password: Annotated[str | None, typer.Option(
-        envvar="CAREPLANE_NEW_USER_PASSWORD", help="default: a generated one, printed once")] = None,
+        envvar="CAREPLANE_NEW_USER_PASSWORD",
+        help="default: a generated one, printed once")] = None,
     full_name: Annotated[str, typer.Option()] = "",
     email: Annotated[str | None, typer.Option()] = None,
     data_dir: DataDir = None,

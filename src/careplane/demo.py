@@ -42,12 +42,21 @@ USERS = (
     DemoUser("okafor", "Dr. Okafor", (Role.researcher,), "partner-university"),
 )
 
-# Each domain appends a function that seeds its demo data (given settings and the database).
+# Each domain registers a function that seeds its demo data (given settings and the database).
 DomainSeeder = Callable[[Settings, Database], None]
 SEEDERS: list[DomainSeeder] = []
 
 
+def register_seeder(seeder: DomainSeeder) -> DomainSeeder:
+    SEEDERS.append(seeder)
+    return seeder
+
+
 def seed(settings: Settings, db: Database) -> list[dict[str, str]]:
+    from careplane.domains import modules
+
+    for _module in modules():  # importing a domain registers its seeder
+        pass
     with db.session() as session:
         orgs = {o.slug: o for o in session.scalars(select(Organisation))}
         for slug, name in ORGS.items():

@@ -1,8 +1,8 @@
-"""Imports every table definition so that one metadata (and Alembic) sees them all.
-
-Each domain adds its own models module here, nothing else.
-"""
+"""Imports every table definition so that one metadata (and Alembic) sees them all."""
 
 import careplane.platform.events._models
-import careplane.platform.jobs._models
-import careplane.security.models  # noqa: F401
+import careplane.platform.jobs._models  # noqa: F401
+from careplane.domains import modules
+
+for _module in modules():  # each domain's mount module imports its own tables
+    pass

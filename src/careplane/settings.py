@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = ["DEFAULT_ADMIN_PASSWORD", "DEFAULT_SECRET_KEY", "Environment", "Settings",
            "SettingsError", "load_settings"]
 
-DEFAULT_SECRET_KEY = "careplane-development-secret-key-change-me"
+DEFAULT_SECRET_KEY = "careplane-development-secret-key-change-me"  # noqa: S105
 DEFAULT_ADMIN_PASSWORD = "careplane-admin"  # noqa: S105 - the known-unsafe default we refuse
 
 

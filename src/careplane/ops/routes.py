@@ -9,12 +9,12 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from careplane.deps import PlatformDep, SessionDep
+from careplane.ops.schemas import JobLogOut, JobOut
 from careplane.platform import jobs
 from careplane.platform.db import DatabaseUnavailable
 from careplane.platform.jobs._service import JobStateError
 from careplane.security import Principal
 from careplane.security.deps import PrincipalDep
-from careplane.ops.schemas import JobLogOut, JobOut
 
 router = APIRouter()
 

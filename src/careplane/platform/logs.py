@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line, carrying the request id of the request being served."""
+"""Structured logs: one JSON object per line, with the id of the request being served."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Service functions for organisations, users and tokens; the CLI, the API and the web call these."""
+"""Organisations, users and tokens: the service functions the CLI, the API and the web call."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Server-rendered pages (Jinja2 + HTMX). Pages render what domain services return; no queries here."""
+"""Server-rendered pages (Jinja2 + HTMX): they render what domain services return."""

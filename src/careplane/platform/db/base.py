@@ -1,4 +1,4 @@
-"""The declarative base every table of every domain derives from (one metadata, one migration tree)."""
+"""The declarative base of every table in every domain: one metadata, one migration tree."""
 
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase

@@ -53,6 +53,6 @@ class JobContext:
         self._report("log", {"line": line, "level": level})
 
     def save_state(self, **values: Any) -> None:
-        """Persist a checkpoint (e.g. the last finished step); a retry starts with it in ``state``."""
+        """Persist a checkpoint (the last finished step); a retry starts with it in ``state``."""
         self.state.update(values)
         self._report("state", dict(self.state))

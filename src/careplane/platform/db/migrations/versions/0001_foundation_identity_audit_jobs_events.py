@@ -1,4 +1,4 @@
-"""foundation: identity, jobs, events
+"""foundation: identity, audit, jobs, events
 
 Revision ID: 0001
 Revises: (none)
@@ -17,6 +17,35 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('audit_record',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('at', cdb.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('actor_id', sa.String(length=32), nullable=True),
+    sa.Column('actor_name', sa.String(length=150), nullable=False),
+    sa.Column('org_id', sa.String(length=32), nullable=True),
+    sa.Column('action', sa.String(length=32), nullable=False),
+    sa.Column('target_kind', sa.String(length=100), nullable=False),
+    sa.Column('target_id', sa.String(length=200), nullable=True),
+    sa.Column('target_org_id', sa.String(length=32), nullable=True),
+    sa.Column('patient_id', sa.String(length=64), nullable=True),
+    sa.Column('outcome', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('purpose', sa.String(length=64), nullable=True),
+    sa.Column('break_glass', sa.Boolean(), nullable=False),
+    sa.Column('source', sa.String(length=100), nullable=True),
+    sa.Column('request_id', sa.String(length=64), nullable=True),
+    sa.Column('detail', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('prev_hash', sa.String(length=64), nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_record')),
+    sa.UniqueConstraint('hash', name=op.f('uq_audit_record_hash'))
+    )
+    with op.batch_alter_table('audit_record', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_audit_record_actor_id'), ['actor_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_audit_record_at'), ['at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_audit_record_break_glass'), ['break_glass'], unique=False)
+        batch_op.create_index(batch_op.f('ix_audit_record_org_id'), ['org_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_audit_record_patient_id'), ['patient_id'], unique=False)
 
     op.create_table('event_outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -126,9 +155,7 @@ def upgrade() -> None:
     )
 
 
-
 def downgrade() -> None:
-
     op.drop_table('membership')
     with op.batch_alter_table('job_log', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_job_log_job_id'))
@@ -150,4 +177,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_event_outbox_created_at'))
 
     op.drop_table('event_outbox')
+    with op.batch_alter_table('audit_record', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_audit_record_patient_id'))
+        batch_op.drop_index(batch_op.f('ix_audit_record_org_id'))
+        batch_op.drop_index(batch_op.f('ix_audit_record_break_glass'))
+        batch_op.drop_index(batch_op.f('ix_audit_record_at'))
+        batch_op.drop_index(batch_op.f('ix_audit_record_actor_id'))
 
+    op.drop_table('audit_record')

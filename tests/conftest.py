@@ -1,0 +1,167 @@
+"""Shared fixtures. Every storage-touching test runs twice: on SQLite and on PostgreSQL.
+
+PostgreSQL tests use one database per test session, migrated once and truncated after each
+test. Where no server is reachable they are skipped, except in CI (``CI=true``) where a missing
+PostgreSQL is an error: the suite must prove both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from careplane.app import create_app
+from careplane.platform.db import Base, Database, migrate
+from careplane.security import Role
+from careplane.security.identity import create_org, create_user, issue_token
+from careplane.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("CAREPLANE_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure means: no usable server
+        return f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    db = Database(f"sqlite:///{path}")
+    migrate(db)
+    db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    problem = _pg_reachable()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {problem}")
+        pytest.skip(f"PostgreSQL unreachable: {problem}")
+    name = f"careplane_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    migrate(db)
+    db.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database for this test (the URL, for tests that start processes)."""
+    if request.param == "sqlite":
+        path = tmp_path / "careplane.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        try:
+            yield url
+        finally:
+            _truncate_postgres(url)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(env="test", data_dir=tmp_path / "data", database_url=db_url,
+                    job_workers=0, event_poll_seconds=0.05, log_json=False)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@dataclass
+class Account:
+    username: str
+    password: str
+    user_id: str
+    org_id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class Accounts:
+    """Makes organisations and users with tokens, for tests that need someone to be."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.orgs: dict[str, str] = {}
+
+    def org(self, slug: str) -> str:
+        if slug not in self.orgs:
+            with self.db.session() as session:
+                self.orgs[slug] = create_org(session, slug, slug.title()).id
+        return self.orgs[slug]
+
+    def make(self, username: str, *roles: Role, org: str = "org-a") -> Account:
+        from datetime import timedelta
+
+        from careplane.security.models import Organisation
+
+        org_id = self.org(org)
+        password = f"{username}-password"
+        with self.db.session() as session:
+            organisation = session.get(Organisation, org_id)
+            assert organisation is not None
+            user = create_user(session, username, password, org=organisation,
+                               roles=list(roles or (Role.clinician,)))
+            issued = issue_token(session, user, kind="bearer", lifetime=timedelta(hours=1))
+            return Account(username, password, user.id, org_id, issued.token)
+
+
+@pytest.fixture
+def accounts(db: Database) -> Accounts:
+    return Accounts(db)
