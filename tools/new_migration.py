@@ -1,8 +1,9 @@
 """Autogenerate a migration from the models, for one domain's branch.
 
     python tools/new_migration.py "records: resources and search indexes" \
-        --rev 0100 --branch records          # first revision of a new domain branch
-    python tools/new_migration.py "records: add x" --rev 0101 --head records@head
+        --rev 0100 --branch records --prefix fhir_      # first revision of a domain branch
+    python tools/new_migration.py "records: add x" --rev 0101 --head records@head \
+        --prefix fhir_
 
 It diffs the models against a scratch SQLite database migrated to the current heads, writes
 the revision under src/careplane/platform/db/migrations/versions and tidies what Alembic
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--branch", help="label of a new branch (its first revision)")
     parser.add_argument("--head", default="foundation@head",
                         help="revision to build on (default: foundation@head)")
+    parser.add_argument("--prefix", required=True,
+                        help="only tables whose name starts with this (the domain's prefix)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{tmp}/scratch.db")
@@ -38,6 +41,7 @@ def main() -> None:
         cfg = _config(db)
         with db.engine.begin() as conn:
             cfg.attributes["connection"] = conn
+            cfg.attributes["table_prefix"] = args.prefix
             command.revision(cfg, message=args.message, autogenerate=True, rev_id=args.rev,
                              head=args.head, splice=bool(args.branch),
                              branch_label=args.branch)

@@ -7,9 +7,21 @@ from careplane.platform.db.base import Base
 
 config = context.config
 connection = config.attributes["connection"]
+# Autogenerate for one domain at a time: only tables whose names carry its prefix.
+only_prefix: str | None = config.attributes.get("table_prefix")
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool,
+                   compare_to: object) -> bool:
+    if only_prefix is None or type_ != "table":
+        return True
+    return bool(name and name.startswith(only_prefix))
+
+
 context.configure(
     connection=connection,
     target_metadata=Base.metadata,
+    include_object=include_object,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )
