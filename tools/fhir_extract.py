@@ -88,6 +88,8 @@ class Package:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist")
         if path.is_dir() and (path / "package" / "package.json").is_file():
             self.path = path / "package"
         if not (self.path.is_dir() or tarfile.is_tarfile(self.path)):
@@ -367,7 +369,7 @@ def write_examples(pkg: Package, out: Path, subset: str, max_bytes: int) -> int:
     raw_bytes = 0
     lines: list[bytes] = []
     counts: Counter[str] = Counter()
-    for name, data in pkg.files(lambda n: n != "package.json"):
+    for _name, data in pkg.files(lambda n: n != "package.json"):
         resource = json.loads(data)
         if subset == "care" and _is_definitional(resource):
             continue
