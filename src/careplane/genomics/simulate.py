@@ -58,18 +58,25 @@ VariantKind = Literal["snv", "ins", "del"]
 
 _BASES = "ACGT"
 _ASCII = np.frombuffer(b"ACGTN", dtype=np.uint8)
-_ENCODE = np.full(256, 4, dtype=np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _ENCODE[_b] = _i
-    _ENCODE[ord(chr(_b).lower())] = _i
+
+
+def _encoding_table() -> Codes:
+    """Byte -> code (A=0 C=1 G=2 T=3, anything else N=4), either case."""
+    table = np.full(256, 4, dtype=np.uint8)
+    for code, letter in enumerate("ACGT"):
+        table[ord(letter)] = table[ord(letter.lower())] = code
+    return table
+
+
+_ENCODE = _encoding_table()
 _COMPLEMENT = np.array([3, 2, 1, 0, 4], dtype=np.uint8)
 _N = 4
 
 # Read-quality model (see _sequencing_errors): error probability rises along the read and
 # varies per read and per base; the lognormal spreads are what make qualities informative.
 _QUALITY_SLOPE = 1.5
-_READ_SIGMA = 0.4
-_BASE_SIGMA = 0.9
+_READ_SIGMA = 0.5
+_BASE_SIGMA = 1.6
 _MIN_QUAL = 2
 _MAX_QUAL = 41
 _BATCH_PAIRS = 100_000
@@ -226,6 +233,8 @@ def read_fasta(path: str | Path) -> dict[str, str]:
     out: dict[str, str] = {}
     with pysam.FastxFile(str(path)) as fh:
         for entry in fh:
+            if entry.name is None:
+                raise ValueError(f"unnamed sequence in {path}")
             if entry.name in out:
                 raise ValueError(f"duplicate contig {entry.name!r} in {path}")
             out[entry.name] = _decode(_encode(entry.sequence or ""))
@@ -334,10 +343,7 @@ def plant_variants(
                 continue
             if "N" in seq[lo:hi]:
                 continue
-            if hom[i]:
-                genotype = (1, 1)
-            else:
-                genotype = (1, 0) if het_hap[i] == 0 else (0, 1)
+            genotype = (1, 1) if hom[i] else (1, 0) if het_hap[i] == 0 else (0, 1)
             variants.append(TruthVariant(contig, lo + 1, ref, alt, genotype))
             prev_end = hi
     return variants
