@@ -22,6 +22,7 @@ import typer
 from careplane.platform.db import Database, DatabaseUnavailable, MigrationRequired, migrate
 from careplane.platform.logs import configure_logging
 from careplane.security import Role
+from careplane.security.cli import audit_app
 from careplane.security.identity import IdentityError
 from careplane.settings import Settings, SettingsError, load_settings
 
@@ -33,6 +34,7 @@ token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
 app.add_typer(org_app, name="org")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 
 log = logging.getLogger("careplane.cli")
 T = TypeVar("T")

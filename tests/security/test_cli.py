@@ -1,0 +1,48 @@
+"""``careplane audit verify``: zero exit on an intact chain, non-zero naming the bad record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from careplane.cli import app
+from careplane.platform.db import Database
+from careplane.security import Principal, Role
+from careplane.security.audit import record
+from careplane.security.policy import Target
+
+
+@pytest.fixture
+def cli_env(db_url: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAREPLANE_DATABASE_URL", db_url)
+    monkeypatch.setenv("CAREPLANE_ENV", "test")
+    monkeypatch.setenv("CAREPLANE_DATA_DIR", str(tmp_path))
+
+
+def _fill(db: Database) -> list[int]:
+    who = Principal("u1", "nurse", "org1", frozenset({Role.clinician}), "t1")
+    with db.session() as session:
+        return [record(session, who, "read", Target("records:Patient", "org1", id=str(i))).id
+                for i in range(4)]
+
+
+def test_audit_verify_passes_on_an_intact_chain(db: Database, cli_env: None) -> None:
+    _fill(db)
+    result = CliRunner().invoke(app, ["audit", "verify"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out == {"ok": True, "checked": 4, "first_bad_id": None, "problem": ""}
+
+
+def test_audit_verify_fails_on_tampering(db: Database, cli_env: None) -> None:
+    ids = _fill(db)
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_record SET actor_name = 'x' WHERE id = :i"),
+                     {"i": ids[1]})
+    result = CliRunner().invoke(app, ["audit", "verify"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["first_bad_id"] == ids[1]
+    assert f"broken at record {ids[1]}" in result.stderr
