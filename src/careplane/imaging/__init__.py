@@ -1,0 +1,1 @@
+"""Imaging: DICOM store and index, DICOMweb, DIMSE listener, rendering, de-identification."""
