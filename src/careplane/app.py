@@ -94,6 +94,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
             yield
         finally:
             await plat.events.close()
+            plat.db.dispose()
 
     app = FastAPI(title="careplane", version=__version__, lifespan=lifespan,
                   docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ class EventHub:
         self._subscriptions: set[Subscription] = set()
         self._cursor = 0
         self._gaps: dict[int, float] = {}
+        # Held while a worker thread reads the outbox, so close() can wait for it to hand its
+        # connection back before the engine is disposed.
+        self._reading = threading.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -89,6 +93,11 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.wakeup.close()
+        await asyncio.to_thread(self._wait_for_reader)
+
+    def _wait_for_reader(self) -> None:
+        with self._reading:
+            pass
 
     def poke(self) -> None:
         self.wakeup.poke()
@@ -109,12 +118,12 @@ class EventHub:
             sub.close()
 
     def _last_id(self) -> int:
-        with self.db.session() as session:
+        with self._reading, self.db.session() as session:
             return int(session.scalar(select(func.max(EventRecord.id))) or 0)
 
     def _fetch(self, after: int, upto: int | None = None,
                gaps: tuple[int, ...] = ()) -> list[Event]:
-        with self.db.session() as session:
+        with self._reading, self.db.session() as session:
             newer = EventRecord.id > after
             if upto is not None:
                 newer = newer & (EventRecord.id <= upto)
