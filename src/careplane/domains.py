@@ -15,6 +15,7 @@ INSTALLED: tuple[str, ...] = (
     "careplane.ops.mount",
     "careplane.security.mount",
     "careplane.web.mount",
+    "careplane.genomics.mount",
     "careplane.imaging.mount",
 )
 

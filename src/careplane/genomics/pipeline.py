@@ -1,0 +1,321 @@
+"""The germline pipeline, FASTQ -> BAM -> VCF, as resumable steps over a pool of processes.
+
+Why it exists: this is the one implementation that both the server's jobs and the
+``careplane genomics run`` command execute, so they cannot drift apart. Steps, in order:
+
+1. **align**: read both FASTQ files in lockstep (each record checked, see
+   :mod:`careplane.genomics.fastq`), cut them into chunks of read pairs and align the chunks in
+   parallel worker processes (each chunk comes back mate-fixed and coordinate-sorted);
+2. **markdup**: merge the chunks, mark duplicates (``samtools markdup``) and index the BAM;
+3. **call**: ``bcftools mpileup | call -mv`` per region, in parallel, while ``samtools stats``
+   computes the alignment QC;
+4. **gather**: concatenate the regions' calls, normalise, keep QUAL >= 20, bgzip and index;
+5. **qc**: write the QC JSON.
+
+After each finished unit (a chunk, a region, a step) a checkpoint is saved through the
+reporter's ``save_state``; a run restarted after a crash reads the checkpoint and its files in
+the work directory and continues from there. Nothing is published by this module: the outputs
+are left in ``work_dir/result`` for the caller to move into place only when everything worked.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pysam
+
+from careplane.genomics import qc
+from careplane.genomics.align import ALIGNERS, align_chunk
+from careplane.genomics.calling import DEFAULT_MIN_QUAL, call_region, gather_calls
+from careplane.genomics.fastq import FastqError, FastqReader, read_pairs
+from careplane.genomics.reference import Reference, ReferenceError, prepare_reference
+from careplane.genomics.regions import Region, split_regions
+
+__all__ = ["InputError", "PipelineOutputs", "PipelineSpec", "Reporter", "run_pipeline"]
+
+# Progress is reported on one scale of 1000 so that a bar moves smoothly across the steps.
+_ALIGN_END, _MARKDUP_END, _CALL_END, _TOTAL = 600.0, 650.0, 950.0, 1000.0
+
+
+class InputError(ValueError):
+    """Bad input that no retry can fix: the message names the file (and line) at fault."""
+
+
+class Reporter(Protocol):
+    """What the pipeline needs from its runner; :class:`~careplane.platform.jobs.JobContext`
+    is one."""
+
+    state: dict[str, Any]
+
+    def progress(self, done: float, total: float | None = None, message: str = "") -> None: ...
+    def log(self, line: str, level: str = "info") -> None: ...
+    def check(self) -> None: ...
+    def save_state(self, **values: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything a run needs; plain values, so it travels as job arguments (``to_dict``)."""
+
+    sample: str
+    fastq1: str
+    fastq2: str
+    reference: str
+    index_dir: str
+    work_dir: str
+    threads: int = 2
+    aligner: str = "minimap2"
+    chunk_pairs: int = 50_000
+    min_qual: float = DEFAULT_MIN_QUAL
+    min_mapped_fraction: float = 0.5
+    names: dict[str, str] = field(default_factory=dict)  # path -> name shown in messages
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def shown(self, path: str) -> str:
+        return self.names.get(path, path)
+
+
+@dataclass(frozen=True)
+class PipelineOutputs:
+    bam: Path
+    bai: Path
+    vcf: Path
+    tbi: Path
+    qc: Path
+    qc_document: dict[str, Any]
+
+    def files(self) -> dict[str, Path]:
+        return {"bam": self.bam, "bai": self.bai, "vcf": self.vcf, "tbi": self.tbi,
+                "qc": self.qc}
+
+
+def _check_sample_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\\t\n\r\0") or name.startswith("."):
+        raise InputError(f"sample name {name!r} is not usable (no slashes, tabs or newlines, "
+                         "and it must not start with a dot)")
+
+
+class _Run:
+    def __init__(self, spec: PipelineSpec, reporter: Reporter) -> None:
+        self.spec = spec
+        self.reporter = reporter
+        self.work = Path(spec.work_dir)
+        self.chunks_dir = self.work / "chunks"
+        self.calls_dir = self.work / "calls"
+        self.result = self.work / "result"
+        for d in (self.chunks_dir, self.calls_dir, self.result):
+            d.mkdir(parents=True, exist_ok=True)
+        self.state: dict[str, Any] = dict(reporter.state)
+        self.started = time.monotonic()
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save(self, **values: Any) -> None:
+        self.state.update(values)
+        self.reporter.save_state(**values)
+
+    def step_done(self, name: str) -> bool:
+        return name in self.state.get("steps", [])
+
+    def finish_step(self, name: str, **values: Any) -> None:
+        steps = [*self.state.get("steps", []), name]
+        self.save(steps=steps, **values)
+        self.reporter.log(f"{name} finished after {time.monotonic() - self.started:.1f} s")
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def reference(self) -> Reference:
+        try:
+            return prepare_reference(self.spec.reference, self.spec.index_dir,
+                                     display=self.spec.shown(self.spec.reference))
+        except ReferenceError as exc:
+            raise InputError(str(exc)) from exc
+
+    def align(self, pool: ProcessPoolExecutor, ref: Reference) -> dict[str, Any]:
+        spec = self.spec
+        if spec.aligner not in ALIGNERS:
+            raise InputError(f"unknown aligner {spec.aligner!r}; choose from "
+                             f"{', '.join(ALIGNERS)}")
+        index = str(ref.bwa_index()) if spec.aligner == "bwa" else str(ref.mmi)
+        done: dict[str, dict[str, Any]] = dict(self.state.get("chunks", {}))
+        # A chunk counts as done only if its file survived (the work dir may have been wiped).
+        done = {k: v for k, v in done.items() if Path(v["bam"]).exists()}
+        pending: dict[Future[Any], int] = {}
+        size = max(1, Path(spec.fastq1).stat().st_size)
+        pairs_seen = 0
+        r1 = FastqReader(spec.fastq1, spec.shown(spec.fastq1))
+        r2 = FastqReader(spec.fastq2, spec.shown(spec.fastq2))
+
+        def collect(block: bool) -> None:
+            if not pending:
+                return
+            finished, _ = wait(list(pending), timeout=None if block else 0,
+                               return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = pending.pop(fut)
+                done[str(i)] = fut.result().to_dict()
+            if finished:
+                self.save(chunks=done)
+
+        try:
+            with r1, r2:
+                for i, chunk in enumerate(read_pairs(r1, r2, spec.chunk_pairs)):
+                    pairs_seen += len(chunk)
+                    if str(i) not in done:
+                        out = self.chunks_dir / f"chunk{i:06d}.bam"
+                        pending[pool.submit(align_chunk, index, ref.contigs, chunk, str(out),
+                                            spec.sample, spec.aligner, str(ref.fasta))] = i
+                    while len(pending) > spec.threads + 1:
+                        collect(block=True)
+                    collect(block=False)
+                    fraction = min(1.0, r1.bytes_consumed / size)
+                    self.reporter.progress(_ALIGN_END * fraction, _TOTAL,
+                                           f"aligned {pairs_seen:,} read pairs")
+            while pending:
+                collect(block=True)
+                self.reporter.check()
+        except FastqError as exc:
+            raise InputError(str(exc)) from exc
+        pairs = sum(int(v["pairs"]) for v in done.values())
+        mapped = sum(int(v["reads_mapped"]) for v in done.values())
+        fraction = mapped / (2 * pairs) if pairs else 0.0
+        self.reporter.log(f"aligned {pairs:,} read pairs; {100 * fraction:.2f}% of reads mapped")
+        if fraction < spec.min_mapped_fraction:
+            raise InputError(
+                f"only {100 * fraction:.1f}% of the reads in {spec.shown(spec.fastq1)} and "
+                f"{spec.shown(spec.fastq2)} map to the reference {spec.shown(spec.reference)} "
+                f"(at least {100 * spec.min_mapped_fraction:.0f}% expected): is it the right "
+                "reference for these reads?")
+        return {"pairs": pairs, "reads_mapped": mapped,
+                "bams": [done[k]["bam"] for k in sorted(done, key=int)]}
+
+    def markdup(self, bams: list[str]) -> Path:
+        final = self.work / "markdup.bam"
+        merged = self.work / "merged.bam"
+        threads = max(1, self.spec.threads)
+        if len(bams) == 1:
+            source = bams[0]
+        else:
+            pysam.samtools.merge("-f", "-u", "-@", str(threads - 1), "-o", str(merged), *bams,
+                                 catch_stdout=False)
+            source = str(merged)
+        pysam.samtools.markdup("-@", str(threads - 1), "-T", str(self.work / "markdup.tmp"),
+                               source, str(final), catch_stdout=False)
+        pysam.samtools.index("-@", str(threads - 1), str(final), catch_stdout=False)
+        merged.unlink(missing_ok=True)
+        return final
+
+    def call(self, pool: ProcessPoolExecutor, ref: Reference, bam: Path) -> tuple[
+            list[str], dict[str, Any]]:
+        regions = split_regions(ref.contigs, pieces=4 * max(1, self.spec.threads))
+        called: dict[str, str] = {k: v for k, v in self.state.get("called", {}).items()
+                                  if Path(v).exists()}
+        pending: dict[Future[Any], Region | None] = {}
+        alignment_qc = self.state.get("alignment_qc")
+        if alignment_qc is None:  # longest single task: start it first
+            pending[pool.submit(qc.alignment_qc, str(bam), ref.length)] = None
+        for i, region in enumerate(regions):
+            if str(region) not in called:
+                out = self.calls_dir / f"region{i:05d}.bcf"
+                pending[pool.submit(call_region, str(ref.fasta), str(bam), region,
+                                    str(out))] = region
+        while pending:
+            finished, _ = wait(list(pending), timeout=1.0, return_when=FIRST_COMPLETED)
+            self.reporter.check()
+            for fut in finished:
+                which = pending.pop(fut)
+                if which is None:
+                    alignment_qc = fut.result()
+                    self.save(alignment_qc=alignment_qc)
+                else:
+                    called[str(which)] = fut.result()
+                    self.save(called=called)
+            n = sum(1 for r in regions if str(r) in called)
+            self.reporter.progress(
+                _MARKDUP_END + (_CALL_END - _MARKDUP_END) * n / max(1, len(regions)), _TOTAL,
+                f"called {n} of {len(regions)} regions")
+        assert alignment_qc is not None
+        return [called[str(r)] for r in regions], alignment_qc
+
+    def run(self) -> PipelineOutputs:
+        spec = self.spec
+        _check_sample_name(spec.sample)
+        for path in (spec.fastq1, spec.fastq2):
+            if not Path(path).is_file():
+                raise InputError(f"{spec.shown(path)}: no such file")
+        ref = self.reference()
+        name = spec.sample
+        bam_out, vcf_out = self.result / f"{name}.bam", self.result / f"{name}.vcf.gz"
+        qc_out = self.result / f"{name}.qc.json"
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=max(1, spec.threads), mp_context=ctx) as pool:
+            try:
+                if not self.step_done("align"):
+                    self.finish_step("align", aligned=self.align(pool, ref))
+                aligned = self.state["aligned"]
+                self.reporter.progress(_ALIGN_END, _TOTAL,
+                                       f"aligned {aligned['pairs']:,} read pairs")
+                if not self.step_done("markdup") or not bam_out.exists():
+                    self.reporter.progress(_ALIGN_END, _TOTAL, "marking duplicates")
+                    marked = self.markdup(aligned["bams"])
+                    marked.replace(bam_out)
+                    Path(f"{marked}.bai").replace(f"{bam_out}.bai")
+                    self.finish_step("markdup")
+                if not self.step_done("call"):
+                    parts, _ = self.call(pool, ref, bam_out)
+                    self.finish_step("call", parts=parts)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        if not self.step_done("gather") or not vcf_out.exists():
+            self.reporter.progress(_CALL_END, _TOTAL, "normalising and filtering the calls")
+            gather_calls(self.state["parts"], str(ref.fasta), str(vcf_out), spec.min_qual)
+            self.finish_step("gather")
+        document = {
+            "sample": name,
+            "reference": {"name": spec.shown(spec.reference), "length": ref.length,
+                          "contigs": len(ref.contigs)},
+            "aligner": spec.aligner,
+            "read_pairs": self.state["aligned"]["pairs"],
+            "alignment": self.state["alignment_qc"],
+            "variants": qc.call_qc(str(vcf_out)),
+            "min_qual": spec.min_qual,
+        }
+        qc.write_qc(qc_out, document)
+        self.reporter.progress(_TOTAL, _TOTAL, "finished")
+        return PipelineOutputs(bam=bam_out, bai=Path(f"{bam_out}.bai"), vcf=vcf_out,
+                               tbi=Path(f"{vcf_out}.tbi"), qc=qc_out, qc_document=document)
+
+
+def run_pipeline(spec: PipelineSpec, reporter: Reporter) -> PipelineOutputs:
+    """Run (or resume) the pipeline; outputs are left in ``work_dir/result``."""
+    return _Run(spec, reporter).run()
+
+
+def publish_to_directory(outputs: PipelineOutputs, out_dir: str | Path,
+                         on_file: Callable[[Path], None] | None = None) -> dict[str, Path]:
+    """Move finished outputs into ``out_dir``; indexes last, so an index never lacks its file."""
+    target = Path(out_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    placed: dict[str, Path] = {}
+    for kind in ("bam", "vcf", "qc", "bai", "tbi"):
+        source = outputs.files()[kind]
+        dest = target / source.name
+        shutil.move(str(source), dest)
+        placed[kind] = dest
+        if on_file:
+            on_file(dest)
+    return placed

@@ -1,0 +1,340 @@
+"""Registry operations: store uploads, describe samples and references, submit and follow runs.
+
+Why it exists: routes, the WES API, the CLI and the job tasks all need the same rules (a file
+belongs to one organisation; a run's inputs must be FASTQ of the caller's organisation; a
+reference is validated once on registration), so they live here, as functions over a session,
+and the callers stay thin. Nothing here decides access: callers ask ``security.guard`` first.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from careplane.genomics.align import ALIGNERS
+from careplane.genomics.models import (
+    FileKind,
+    GenomicsFile,
+    GenomicsReference,
+    GenomicsRun,
+    GenomicsSample,
+)
+from careplane.genomics.reference import ReferenceError, validate_fasta
+from careplane.platform import jobs
+from careplane.platform.blobs import BlobStore
+from careplane.platform.db import utcnow
+from careplane.platform.events import publish
+from careplane.platform.jobs import Job, JobStatus
+
+__all__ = [
+    "GenomicsError",
+    "NotFound",
+    "RunView",
+    "blob_path",
+    "cancel_run",
+    "create_reference",
+    "create_sample",
+    "get_file",
+    "get_reference",
+    "get_run",
+    "get_sample",
+    "list_files",
+    "list_references",
+    "list_runs",
+    "list_samples",
+    "run_view",
+    "store_upload",
+    "submit_run",
+]
+
+RUN_TASK = "careplane.genomics.tasks:run"
+
+
+class GenomicsError(ValueError):
+    """The request cannot be honoured as asked (a 4xx); the message says why."""
+
+
+class NotFound(LookupError):
+    pass
+
+
+# -- files -------------------------------------------------------------------------------------
+
+def _peek(head: bytes) -> tuple[bytes, bool]:
+    """The first decompressed bytes of an upload, and whether it was gzip."""
+    if head[:2] == b"\x1f\x8b":
+        try:
+            decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            return decomp.decompress(head, 4096), True
+        except zlib.error as exc:
+            raise GenomicsError(f"the file starts like gzip but cannot be decompressed: {exc}"
+                                ) from exc
+    return head[:4096], False
+
+
+def _sniff(filename: str, kind: str | None, text: bytes) -> str:
+    first = text.lstrip()[:1]
+    found = {b"@": FileKind.fastq, b">": FileKind.fasta}.get(first)
+    if kind is None:
+        if found is None:
+            if filename.endswith((".bed", ".bed.gz")):
+                return FileKind.bed
+            raise GenomicsError(f"{filename}: neither FASTQ ('@') nor FASTA ('>'); name the "
+                                "kind with ?kind=")
+        return found
+    if kind not in FileKind.uploadable:
+        raise GenomicsError(f"kind {kind!r} cannot be uploaded (choose from "
+                            f"{', '.join(sorted(FileKind.uploadable))})")
+    if kind in (FileKind.fastq, FileKind.fasta) and found != kind:
+        expected = "@" if kind == FileKind.fastq else ">"
+        raise GenomicsError(f"{filename}: a {kind.upper()} file starts with {expected!r}, this "
+                            f"one with {first.decode('latin-1')!r}")
+    return kind
+
+
+def store_upload(session: Session, blobs: BlobStore, chunks: Iterable[bytes], *, org_id: str,
+                 filename: str, kind: str | None = None, sample_id: str | None = None,
+                 expected_sha256: str | None = None, created_by: str | None = None,
+                 max_bytes: int | None = None) -> GenomicsFile:
+    """Stream an upload into the blob store and register it; checksum verified if given."""
+    if sample_id is not None:
+        get_sample(session, sample_id, org_id=org_id)
+    head = bytearray()
+
+    def tee() -> Iterator[bytes]:
+        for chunk in chunks:
+            if len(head) < 65536:
+                head.extend(chunk[: 65536 - len(head)])
+            yield chunk
+
+    ref = blobs.put(tee(), max_bytes=max_bytes)
+    if ref.size == 0:
+        raise GenomicsError(f"{filename}: the file is empty")
+    if expected_sha256 and expected_sha256.lower() != ref.sha256:
+        raise GenomicsError(f"{filename}: checksum mismatch: the upload has SHA-256 {ref.sha256}"
+                            f", the client announced {expected_sha256.lower()}")
+    text, compressed = _peek(bytes(head))
+    resolved = _sniff(filename, kind, text)
+    record = GenomicsFile(org_id=org_id, sample_id=sample_id, kind=resolved,
+                          filename=filename, sha256=ref.sha256, size=ref.size,
+                          compressed=compressed, created_by=created_by)
+    session.add(record)
+    session.flush()
+    return record
+
+
+def register_output(session: Session, blobs: BlobStore, path: Path, *, org_id: str, kind: str,
+                    sample_id: str | None, run_id: str, created_by: str | None,
+                    details: dict[str, Any] | None = None) -> GenomicsFile:
+    with path.open("rb") as fh:
+        ref = blobs.put(fh)
+    record = GenomicsFile(org_id=org_id, sample_id=sample_id, run_id=run_id, kind=kind,
+                          filename=path.name, sha256=ref.sha256, size=ref.size,
+                          compressed=kind in (FileKind.bam, FileKind.vcf),
+                          details=details or {}, created_by=created_by)
+    session.add(record)
+    session.flush()
+    return record
+
+
+def get_file(session: Session, file_id: str, *, org_id: str) -> GenomicsFile:
+    record = session.get(GenomicsFile, file_id)
+    if record is None or record.org_id != org_id:
+        raise NotFound(f"no file {file_id}")
+    return record
+
+
+def list_files(session: Session, *, org_id: str, sample_id: str | None = None,
+               run_id: str | None = None, limit: int = 200) -> Sequence[GenomicsFile]:
+    query = select(GenomicsFile).where(GenomicsFile.org_id == org_id)
+    if sample_id:
+        query = query.where(GenomicsFile.sample_id == sample_id)
+    if run_id:
+        query = query.where(GenomicsFile.run_id == run_id)
+    return session.scalars(query.order_by(GenomicsFile.created_at.desc(),
+                                          GenomicsFile.id).limit(limit)).all()
+
+
+def blob_path(blobs: BlobStore, sha256: str) -> Path:
+    """A local path to a blob's bytes (the local store's own file: never copied)."""
+    path = getattr(blobs, "path", None)
+    if path is None:
+        raise GenomicsError("the pipeline needs a blob store with local files")
+    result: Path = path(sha256)
+    return result
+
+
+# -- samples and references ---------------------------------------------------------------
+
+def create_sample(session: Session, *, org_id: str, name: str, patient_id: str | None = None,
+                  description: str = "", created_by: str | None = None) -> GenomicsSample:
+    name = name.strip()
+    if not name or any(c in name for c in "/\\\t\n\r") or name.startswith("."):
+        raise GenomicsError(f"sample name {name!r} is not usable (no slashes, tabs or newlines,"
+                            " and it must not start with a dot)")
+    if session.scalar(select(GenomicsSample.id).where(GenomicsSample.org_id == org_id,
+                                                      GenomicsSample.name == name)):
+        raise GenomicsError(f"a sample named {name!r} already exists")
+    sample = GenomicsSample(org_id=org_id, name=name, patient_id=patient_id or None,
+                            description=description, created_by=created_by)
+    session.add(sample)
+    session.flush()
+    return sample
+
+
+def get_sample(session: Session, sample_id: str, *, org_id: str) -> GenomicsSample:
+    sample = session.get(GenomicsSample, sample_id)
+    if sample is None or sample.org_id != org_id:
+        raise NotFound(f"no sample {sample_id}")
+    return sample
+
+
+def list_samples(session: Session, *, org_id: str, patient_id: str | None = None
+                 ) -> Sequence[GenomicsSample]:
+    query = select(GenomicsSample).where(GenomicsSample.org_id == org_id)
+    if patient_id:
+        query = query.where(GenomicsSample.patient_id == patient_id)
+    return session.scalars(query.order_by(GenomicsSample.name)).all()
+
+
+def create_reference(session: Session, blobs: BlobStore, *, org_id: str, name: str,
+                     file_id: str, description: str = "", created_by: str | None = None
+                     ) -> GenomicsReference:
+    """Register an uploaded FASTA as a reference, after checking it line by line."""
+    record = get_file(session, file_id, org_id=org_id)
+    if record.kind != FileKind.fasta:
+        raise GenomicsError(f"file {file_id} is {record.kind}, not FASTA")
+    if session.scalar(select(GenomicsReference.id).where(GenomicsReference.org_id == org_id,
+                                                         GenomicsReference.name == name)):
+        raise GenomicsError(f"a reference named {name!r} already exists")
+    try:
+        contigs = validate_fasta(blob_path(blobs, record.sha256), record.filename)
+    except ReferenceError as exc:
+        raise GenomicsError(str(exc)) from exc
+    reference = GenomicsReference(org_id=org_id, name=name, description=description,
+                                  file_id=record.id, sha256=record.sha256,
+                                  contigs=[[c, n] for c, n in contigs],
+                                  length=sum(n for _, n in contigs), created_by=created_by)
+    session.add(reference)
+    session.flush()
+    return reference
+
+
+def get_reference(session: Session, reference_id: str, *, org_id: str) -> GenomicsReference:
+    reference = session.get(GenomicsReference, reference_id)
+    if reference is None or reference.org_id != org_id:
+        raise NotFound(f"no reference {reference_id}")
+    return reference
+
+
+def list_references(session: Session, *, org_id: str) -> Sequence[GenomicsReference]:
+    return session.scalars(select(GenomicsReference).where(GenomicsReference.org_id == org_id)
+                           .order_by(GenomicsReference.name)).all()
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunView:
+    """A run with its job: what pages and APIs show."""
+
+    run: GenomicsRun
+    job: Job
+    sample: GenomicsSample
+
+    @property
+    def status(self) -> str:
+        return self.job.status
+
+    @property
+    def fraction(self) -> float | None:
+        return self.job.fraction
+
+
+def submit_run(session: Session, *, org_id: str, sample_id: str, reference_id: str,
+               fastq_ids: Sequence[str], aligner: str = "minimap2", threads: int = 2,
+               params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+               created_by: str | None = None) -> GenomicsRun:
+    sample = get_sample(session, sample_id, org_id=org_id)
+    reference = get_reference(session, reference_id, org_id=org_id)
+    if len(fastq_ids) != 2:
+        raise GenomicsError("a run needs exactly two FASTQ files (read 1 and read 2)")
+    for fid in fastq_ids:
+        record = get_file(session, fid, org_id=org_id)
+        if record.kind != FileKind.fastq:
+            raise GenomicsError(f"file {fid} ({record.filename}) is {record.kind}, not FASTQ")
+    if aligner not in ALIGNERS:
+        raise GenomicsError(f"unknown aligner {aligner!r}; choose from {', '.join(ALIGNERS)}")
+    if not 1 <= threads <= 64:
+        raise GenomicsError("threads must be between 1 and 64")
+    run = GenomicsRun(org_id=org_id, sample_id=sample.id, reference_id=reference.id,
+                      job_id="", aligner=aligner, threads=threads, inputs=list(fastq_ids),
+                      params=params or {}, tags=tags or {}, created_by=created_by)
+    session.add(run)
+    session.flush()
+    job = jobs.submit(session, RUN_TASK, {"run_id": run.id}, org_id=org_id,
+                      created_by=created_by, title=f"Genomics pipeline: {sample.name}",
+                      max_attempts=3)
+    run.job_id = job.id
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: str, *, org_id: str) -> GenomicsRun:
+    run = session.get(GenomicsRun, run_id)
+    if run is None or run.org_id != org_id:
+        raise NotFound(f"no run {run_id}")
+    return run
+
+
+def run_view(session: Session, run: GenomicsRun) -> RunView:
+    job = session.get(Job, run.job_id)
+    sample = session.get(GenomicsSample, run.sample_id)
+    assert job is not None and sample is not None
+    return RunView(run=run, job=job, sample=sample)
+
+
+def list_runs(session: Session, *, org_id: str, sample_id: str | None = None,
+              limit: int = 100, offset: int = 0) -> list[RunView]:
+    query = (select(GenomicsRun, Job, GenomicsSample)
+             .join(Job, Job.id == GenomicsRun.job_id)
+             .join(GenomicsSample, GenomicsSample.id == GenomicsRun.sample_id)
+             .where(GenomicsRun.org_id == org_id))
+    if sample_id:
+        query = query.where(GenomicsRun.sample_id == sample_id)
+    rows = session.execute(query.order_by(GenomicsRun.created_at.desc(), GenomicsRun.id.desc())
+                           .limit(limit).offset(offset)).all()
+    return [RunView(run=r, job=j, sample=s) for r, j, s in rows]
+
+
+def cancel_run(session: Session, run: GenomicsRun) -> Job:
+    job = session.get(Job, run.job_id)
+    assert job is not None
+    if JobStatus(job.status).finished:
+        raise GenomicsError(f"run {run.id} has already {job.status}")
+    return jobs.cancel(session, job)
+
+
+def publish_outputs(session: Session, blobs: BlobStore, run: GenomicsRun,
+                    files: dict[str, Path], qc_document: dict[str, Any]) -> dict[str, str]:
+    """Store a finished run's files and link them, in the caller's (one) transaction."""
+    outputs: dict[str, str] = {}
+    for kind, path in files.items():
+        record = register_output(session, blobs, path, org_id=run.org_id, kind=kind,
+                                 sample_id=run.sample_id, run_id=run.id,
+                                 created_by=run.created_by)
+        outputs[kind] = record.id
+    run.outputs = outputs
+    run.qc = qc_document
+    run.published_at = utcnow()
+    session.flush()
+    publish(session, "genomics.run.published", {"run_id": run.id, "outputs": outputs},
+            org_id=run.org_id)
+    return outputs
+

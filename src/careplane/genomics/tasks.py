@@ -1,0 +1,106 @@
+"""Job tasks of the genomics domain (run by ``careplane worker`` or the local executor).
+
+``pipeline`` runs the pipeline on files named by path and moves the outputs into a directory:
+it is what ``careplane genomics run`` submits. ``run`` runs a registered run (inputs from the
+blob store, reference indexed once under the data directory) and publishes its outputs into
+the registry in one transaction. Both leave nothing behind when the input is bad: the outputs
+are staged in a work directory and only moved or registered once every step has finished.
+The worker process finds the database and data directory the way every careplane process
+does, from its settings (``CAREPLANE_*``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from careplane.genomics.pipeline import (
+    InputError,
+    PipelineSpec,
+    publish_to_directory,
+    run_pipeline,
+)
+from careplane.platform.jobs import JobContext, JobFailed
+
+__all__ = ["pipeline", "run"]
+
+
+def pipeline(ctx: JobContext) -> dict[str, Any]:
+    """Run on local paths; ``out_dir`` receives NAME.bam(.bai), NAME.vcf.gz(.tbi), NAME.qc.json."""
+    spec = PipelineSpec.from_dict(ctx.args["spec"])
+    try:
+        outputs = run_pipeline(spec, ctx)
+    except InputError as exc:
+        raise JobFailed(str(exc)) from exc
+    placed = publish_to_directory(outputs, ctx.args["out_dir"])
+    if not ctx.args.get("keep_work"):
+        shutil.rmtree(spec.work_dir, ignore_errors=True)
+    return {"files": {k: str(v) for k, v in placed.items()},
+            "qc": _summary(outputs.qc_document)}
+
+
+def _summary(document: dict[str, Any]) -> dict[str, Any]:
+    alignment, variants = document.get("alignment", {}), document.get("variants", {})
+    return {"read_pairs": document.get("read_pairs"),
+            "mapped_percent": alignment.get("mapped_percent"),
+            "duplicates_percent": alignment.get("duplicates_percent"),
+            "mean_coverage": alignment.get("coverage", {}).get("mean"),
+            "variants": variants.get("variants"), "snvs": variants.get("snvs"),
+            "indels": variants.get("indels"), "ti_tv": variants.get("ti_tv")}
+
+
+def run(ctx: JobContext) -> dict[str, Any]:
+    """Run a registered :class:`~careplane.genomics.models.GenomicsRun` and publish it."""
+    from careplane.genomics import service
+    from careplane.genomics.models import GenomicsFile, GenomicsReference, GenomicsSample
+    from careplane.platform.blobs import LocalBlobStore
+    from careplane.platform.db import Database
+    from careplane.settings import load_settings
+
+    settings = load_settings()
+    db = Database(settings.db_url)
+    blobs = LocalBlobStore(settings.blob_dir)
+    run_id = ctx.args["run_id"]
+    work_dir = settings.data_dir / "genomics" / "work" / run_id
+    try:
+        with db.session() as session:
+            run_row = session.get(service.GenomicsRun, run_id)
+            if run_row is None:
+                raise JobFailed(f"genomics run {run_id} no longer exists")
+            sample = session.get(GenomicsSample, run_row.sample_id)
+            reference = session.get(GenomicsReference, run_row.reference_id)
+            inputs = [session.get(GenomicsFile, fid) for fid in run_row.inputs]
+            if sample is None or reference is None or any(f is None for f in inputs):
+                raise JobFailed(f"genomics run {run_id}: its sample, reference or input files "
+                                "were deleted")
+            ref_file = session.get(GenomicsFile, reference.file_id)
+            assert ref_file is not None
+            fastq = [(str(service.blob_path(blobs, f.sha256)), f.filename)
+                     for f in inputs if f is not None]
+            spec = PipelineSpec(
+                sample=sample.name, fastq1=fastq[0][0], fastq2=fastq[1][0],
+                reference=str(service.blob_path(blobs, reference.sha256)),
+                index_dir=str(settings.data_dir / "genomics" / "references" / reference.sha256),
+                work_dir=str(work_dir), threads=run_row.threads, aligner=run_row.aligner,
+                **{k: v for k, v in run_row.params.items()
+                   if k in ("chunk_pairs", "min_qual", "min_mapped_fraction")},
+                names={fastq[0][0]: fastq[0][1], fastq[1][0]: fastq[1][1],
+                       str(service.blob_path(blobs, reference.sha256)):
+                       f"{reference.name} ({ref_file.filename})"})
+        try:
+            outputs = run_pipeline(spec, ctx)
+        except InputError as exc:
+            raise JobFailed(str(exc)) from exc
+        ctx.check()
+        with db.session() as session:
+            run_row = session.get(service.GenomicsRun, run_id)
+            assert run_row is not None
+            if run_row.published_at is None:  # a retry after publishing publishes nothing
+                service.publish_outputs(session, blobs, run_row, outputs.files(),
+                                        outputs.qc_document)
+            published = dict(run_row.outputs)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return {"run_id": run_id, "outputs": published, "qc": _summary(outputs.qc_document)}
+    finally:
+        db.dispose()
+

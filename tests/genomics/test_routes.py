@@ -1,0 +1,147 @@
+"""``/api/genomics``: upload, register, run through a worker, read the published outputs."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from careplane.genomics.simulate import SimulatedDataset
+from careplane.platform import jobs
+from careplane.platform.db import Database
+from careplane.security import Role
+from careplane.settings import Settings
+from tests.conftest import Accounts
+
+
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """A job worker finds its database and data directory from CAREPLANE_* like any process."""
+    monkeypatch.setenv("CAREPLANE_DATABASE_URL", settings.db_url)
+    monkeypatch.setenv("CAREPLANE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("CAREPLANE_ENV", "test")
+
+
+def _upload(client: TestClient, headers: dict[str, str], path: Path, **params: str) -> Any:
+    data = path.read_bytes()
+    response = client.post("/api/genomics/files", params={"filename": path.name, **params},
+                           content=data, headers={**headers, "X-Checksum-Sha256":
+                                                  hashlib.sha256(data).hexdigest()})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["size"] == len(data)
+    return body
+
+
+def _register(client: TestClient, headers: dict[str, str], ds: SimulatedDataset
+              ) -> dict[str, Any]:
+    sample = client.post("/api/genomics/samples", json={"name": "NA-1", "patient_id": "pat-1"},
+                         headers=headers)
+    assert sample.status_code == 201, sample.text
+    sid = sample.json()["id"]
+    ref_file = _upload(client, headers, ds.reference)
+    assert ref_file["kind"] == "fasta"
+    reference = client.post("/api/genomics/references",
+                            json={"name": "sim", "file_id": ref_file["id"]}, headers=headers)
+    assert reference.status_code == 201, reference.text
+    assert reference.json()["contigs"] == [[k, v] for k, v in ds.contigs.items()]
+    r1 = _upload(client, headers, ds.r1, sample_id=sid)
+    r2 = _upload(client, headers, ds.r2, sample_id=sid)
+    assert r1["kind"] == "fastq" and r1["compressed"]
+    return {"sample_id": sid, "reference_id": reference.json()["id"],
+            "fastq": [r1["id"], r2["id"]]}
+
+
+def test_run_from_upload_to_published_outputs(
+        client: TestClient, accounts: Accounts, db: Database, dataset: SimulatedDataset,
+        worker_env: None) -> None:
+    nurse = accounts.make("gina", Role.clinician)
+    ids = _register(client, nurse.headers, dataset)
+    submitted = client.post("/api/genomics/runs", json={**ids, "threads": 2},
+                            headers=nurse.headers)
+    assert submitted.status_code == 202, submitted.text
+    run = submitted.json()
+    assert run["status"] == "queued" and run["sample"] == "NA-1"
+
+    assert jobs.Worker(db).run_once()
+    done = client.get(f"/api/genomics/runs/{run['id']}", headers=nurse.headers).json()
+    assert done["status"] == "succeeded", done["error"]
+    assert set(done["outputs"]) == {"bam", "bai", "vcf", "tbi", "qc"}
+    assert done["qc"]["alignment"]["mapped_percent"] > 99
+
+    vcf_id = done["outputs"]["vcf"]
+    content = client.get(f"/api/genomics/files/{vcf_id}/content", headers=nurse.headers)
+    assert content.status_code == 200
+    text = gzip.decompress(content.content).decode()
+    assert "#CHROM" in text and "\tNA-1\n" in text.split("#CHROM", 1)[1].split("\n", 1)[0] + "\n"
+    listed = client.get("/api/genomics/files", params={"run_id": run["id"]},
+                        headers=nurse.headers).json()
+    assert {f["kind"] for f in listed} == {"bam", "bai", "vcf", "tbi", "qc"}
+    logs = client.get(f"/api/genomics/runs/{run['id']}/logs", headers=nurse.headers).json()
+    assert any("call finished" in line["line"] for line in logs)
+    qc = client.get(f"/api/genomics/runs/{run['id']}/qc", headers=nurse.headers)
+    assert qc.status_code == 200 and qc.json()["sample"] == "NA-1"
+
+    # Another organisation sees none of it.
+    other = accounts.make("oscar", Role.clinician, org="org-b")
+    assert client.get(f"/api/genomics/runs/{run['id']}", headers=other.headers
+                      ).status_code == 404
+    assert client.get(f"/api/genomics/files/{vcf_id}/content", headers=other.headers
+                      ).status_code == 404
+    assert client.get("/api/genomics/runs", headers=other.headers).json() == []
+
+
+def test_cancel_a_queued_run(client: TestClient, accounts: Accounts,
+                             dataset: SimulatedDataset) -> None:
+    nurse = accounts.make("gina", Role.clinician)
+    ids = _register(client, nurse.headers, dataset)
+    run = client.post("/api/genomics/runs", json=ids, headers=nurse.headers).json()
+    cancelled = client.post(f"/api/genomics/runs/{run['id']}/cancel", headers=nurse.headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = client.post(f"/api/genomics/runs/{run['id']}/cancel", headers=nurse.headers)
+    assert again.status_code == 409
+
+
+def test_bad_uploads_and_requests_are_4xx(client: TestClient, accounts: Accounts,
+                                          tmp_path: Path) -> None:
+    nurse = accounts.make("gina", Role.clinician)
+    h = nurse.headers
+    post = client.post
+    assert post("/api/genomics/files", params={"filename": "e.fq"}, content=b"",
+                headers=h).status_code == 422
+    wrong = post("/api/genomics/files", params={"filename": "x.fq", "kind": "fastq"},
+                 content=b">chr1\nACGT\n", headers=h)
+    assert wrong.status_code == 422 and "starts with '@'" in wrong.json()["error"]["message"]
+    mismatch = post("/api/genomics/files", params={"filename": "x.fq"},
+                    content=b"@r\nAC\n+\nII\n", headers={**h, "X-Checksum-Sha256": "0" * 64})
+    assert mismatch.status_code == 422 and "checksum" in mismatch.json()["error"]["message"]
+    fastq = post("/api/genomics/files", params={"filename": "x.fq"},
+                 content=b"@r\nAC\n+\nII\n", headers=h).json()
+    not_fasta = post("/api/genomics/references", json={"name": "r", "file_id": fastq["id"]},
+                     headers=h)
+    assert not_fasta.status_code == 422
+    bad_fa = post("/api/genomics/files", params={"filename": "bad.fa"},
+                  content=b">a\nACXT\n", headers=h).json()
+    bad_ref = post("/api/genomics/references", json={"name": "r", "file_id": bad_fa["id"]},
+                   headers=h)
+    assert bad_ref.status_code == 422
+    assert "bad.fa line 2" in bad_ref.json()["error"]["message"]
+    sample = post("/api/genomics/samples", json={"name": "S"}, headers=h).json()
+    assert post("/api/genomics/samples", json={"name": "S"}, headers=h).status_code == 422
+    assert post("/api/genomics/runs", json={"sample_id": sample["id"], "reference_id": "x",
+                                            "fastq": [fastq["id"], fastq["id"]]},
+                headers=h).status_code == 404
+    assert post("/api/genomics/files", params={"filename": "x.fq"}, content=b"@r\n"
+                ).status_code == 401
+
+
+def test_roles_without_genomics_rights_are_refused(client: TestClient,
+                                                   accounts: Accounts) -> None:
+    counsellor = accounts.make("casey", Role.counsellor)
+    refused = client.post("/api/genomics/samples", json={"name": "S"},
+                          headers=counsellor.headers)
+    assert refused.status_code == 403
