@@ -16,7 +16,7 @@ from careplane.ops.schemas import JobLogOut, JobOut
 from careplane.platform import jobs
 from careplane.security import Principal
 from careplane.security.deps import CSRF_COOKIE, SESSION_COOKIE, authenticate_request
-from careplane.security.identity import authenticate, issue_token, revoke_token
+from careplane.security.identity import authenticate, issue_token, resolve_token, revoke_token
 from careplane.web.nav import items_for
 
 router = APIRouter(include_in_schema=False)
@@ -86,13 +86,17 @@ def login(request: Request, platform: PlatformDep,
 
 
 @router.post("/logout")
-def logout(request: Request, platform: PlatformDep, principal: MaybePrincipal,
+def logout(request: Request, platform: PlatformDep,
            csrf: Annotated[str, Form()] = "") -> Response:
-    if principal is not None:
+    """Sign out: the session token is revoked on the server, not only forgotten by the browser."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
         if not secrets.compare_digest(csrf, request.cookies.get(CSRF_COOKIE, "")):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
         with platform.session() as session:
-            revoke_token(session, principal.token_id)
+            principal = resolve_token(session, cookie, kind="session")
+            if principal is not None:
+                revoke_token(session, principal.token_id)
     response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE)
     return response
