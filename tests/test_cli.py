@@ -98,3 +98,22 @@ def test_demo_seeds_logins_and_is_repeatable(tmp_path: Path) -> None:
     assert "nurse" in first.stderr and "nurse-demo-pass" in first.stderr
     second = careplane("demo", "--no-serve", "--data-dir", str(tmp_path), timeout=300)
     assert second.returncode == 0, second.stderr
+
+
+def test_first_start_creates_the_administrator(tmp_path: Path) -> None:
+    from careplane.cli import bootstrap_admin
+    from careplane.platform.db import Database, migrate
+    from careplane.security.identity import authenticate
+
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        migrate(db)
+        with db.session() as session:
+            assert bootstrap_admin(session, "a-strong-admin-password")
+        with db.session() as session:
+            assert not bootstrap_admin(session, "another-password")
+            admin = authenticate(session, "admin", "a-strong-admin-password")
+            assert admin is not None
+            assert [m.role for m in admin.memberships] == ["admin"]
+    finally:
+        db.dispose()

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from careplane._version import __version__
 from careplane.domains import modules
-from careplane.platform.blobs import LocalBlobStore
+from careplane.platform.blobs import BlobStoreFull, BlobTooLarge, LocalBlobStore
 from careplane.platform.context import Platform
 from careplane.platform.db import Database, DatabaseUnavailable, migrate
 from careplane.platform.events import EventHub, PollingWakeup, PostgresListenWakeup, Wakeup
@@ -66,6 +66,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
                     for e in exc.errors()]
         return JSONResponse(error_body(422, "the request is not valid", problems=problems), 422)
+
+    @app.exception_handler(BlobStoreFull)
+    async def _disk_full(request: Request, exc: BlobStoreFull) -> Response:
+        log.error("blob store is full")
+        return JSONResponse(error_body(507, "storage is full; nothing was kept of this upload"),
+                            507)
+
+    @app.exception_handler(BlobTooLarge)
+    async def _too_large(request: Request, exc: BlobTooLarge) -> Response:
+        return JSONResponse(error_body(413, str(exc)), 413)
 
     @app.exception_handler(DatabaseUnavailable)
     @app.exception_handler(OperationalError)

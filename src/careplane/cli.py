@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from sqlalchemy.orm import Session
 
+from careplane.genomics.cli import genomics_app
 from careplane.platform.db import Database, DatabaseUnavailable, MigrationRequired, migrate
 from careplane.platform.logs import configure_logging
 from careplane.security import Role
-from careplane.security.cli import audit_app
+from careplane.security.cli import audit_app, client_app
 from careplane.security.identity import IdentityError
 from careplane.settings import Settings, SettingsError, load_settings
 
@@ -34,7 +36,9 @@ token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
 app.add_typer(org_app, name="org")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
+app.add_typer(genomics_app, name="genomics")
 app.add_typer(audit_app, name="audit")
+app.add_typer(client_app, name="client")
 
 log = logging.getLogger("careplane.cli")
 T = TypeVar("T")
@@ -174,6 +178,21 @@ def worker(data_dir: DataDir = None) -> None:
         w.run_forever()
 
 
+def bootstrap_admin(session: Session, password: str) -> bool:
+    """On an empty installation, create the first administrator so someone can sign in."""
+    from sqlalchemy import select
+
+    from careplane.security.identity import create_org, create_user
+    from careplane.security.models import User
+
+    if session.scalar(select(User.id).limit(1)) is not None:
+        return False
+    org = create_org(session, "main", "careplane")
+    create_user(session, "admin", password, org=org, roles=[Role.admin],
+                full_name="Administrator")
+    return True
+
+
 def run_server(settings: Settings) -> None:
     import uvicorn
 
@@ -186,8 +205,11 @@ def run_server(settings: Settings) -> None:
         fail(str(exc))
     configure_logging(settings.log_level, json_lines=settings.log_json)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with database(settings):
-        pass
+    with database(settings) as db, db.session() as session:
+        created = bootstrap_admin(session, settings.admin_password)
+    if created:
+        log.warning("created the first administrator: user 'admin' in organisation 'main', "
+                    "with the password from CAREPLANE_ADMIN_PASSWORD")
     application = create_app(settings)
     executor = None
     if settings.job_workers:

@@ -59,7 +59,7 @@ class BlobStore(Protocol):
 def _chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
     read = getattr(source, "read", None)
     if read is None:
-        yield from source  # type: ignore[misc]
+        yield from source
         return
     while chunk := read(CHUNK):
         yield chunk
