@@ -44,6 +44,14 @@ def call_region(fasta: str, bam: str, region: Region | None, out_bcf: str) -> st
 def gather_calls(parts: Sequence[str], fasta: str, out_vcf_gz: str,
                  min_qual: float = DEFAULT_MIN_QUAL) -> str:
     """Concatenate region calls (in order), normalise, filter by QUAL, bgzip and index."""
+    quiet = pysam.set_verbosity(1)  # bcftools' own MQ header line draws a harmless warning
+    try:
+        return _gather(parts, fasta, out_vcf_gz, min_qual)
+    finally:
+        pysam.set_verbosity(quiet)
+
+
+def _gather(parts: Sequence[str], fasta: str, out_vcf_gz: str, min_qual: float) -> str:
     out = Path(out_vcf_gz)
     joined = out.with_name(out.name + ".concat.bcf")
     normed = out.with_name(out.name + ".norm.bcf")
