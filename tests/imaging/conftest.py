@@ -80,3 +80,30 @@ def blobs(tmp_path: Path) -> LocalBlobStore:
 @pytest.fixture
 def instance_factory() -> Callable[..., bytes]:
     return make_instance
+
+
+def multipart(parts: list[bytes], boundary: str = "test-boundary-1234",
+              content_type: str = "application/dicom") -> tuple[bytes, dict[str, str]]:
+    """A STOW-RS request body and its headers."""
+    body = b"".join(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + p
+                    + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type":
+               f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    return body, headers
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related response (headers in lower case, body)."""
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"')
+    chunks = body.split(f"--{boundary}".encode())
+    assert chunks[-1].strip() == b"--", "the closing boundary is missing"
+    parts = []
+    for chunk in chunks[1:-1]:
+        head, _, rest = chunk[2:].partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        assert rest.endswith(b"\r\n")
+        parts.append((headers, rest[:-2]))
+    return parts

@@ -8,4 +8,6 @@ import careplane.imaging.models  # noqa: F401 - registers the dicom_ tables for 
 
 
 def mount(app: FastAPI) -> None:
-    pass
+    from careplane.imaging.dicomweb import router
+
+    app.include_router(router)

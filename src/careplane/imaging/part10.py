@@ -184,6 +184,15 @@ def _uid(ds: Dataset, keyword: str, label: str, meta: dict[str, str | None]) -> 
     return text
 
 
+def _safe_uid(ds: Dataset, keyword: str) -> str | None:
+    """A UID for the failure report, if one can be read at all."""
+    try:
+        text = str(ds.get(keyword, "") or "").strip().rstrip("\0")
+    except Exception:  # an unreadable value is reported as absent
+        return None
+    return text if text and len(text) <= 64 and UID(text).is_valid else None
+
+
 def _guess_syntax(ds: Dataset) -> str:
     if ds.original_encoding[0]:
         return ImplicitVRLittleEndian
@@ -262,11 +271,16 @@ def _read(data: BinaryIO) -> ReceivedInstance:
         ds = pydicom.dcmread(data, force=True)
         if not any(elem.tag.group != 0x0002 for elem in ds.elements()):
             raise InvalidInstance("not a DICOM file: no data elements were found")
-        _check_complete(ds, total)
-        ts = ds.file_meta.get("TransferSyntaxUID") if has_meta else None
         meta_ids: dict[str, str | None] = {
-            "sop_class_uid": str(ds.get("SOPClassUID", "")) or None,
-            "sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None}
+            "sop_class_uid": _safe_uid(ds, "SOPClassUID"),
+            "sop_instance_uid": _safe_uid(ds, "SOPInstanceUID")}
+        try:
+            _check_complete(ds, total)
+        except InvalidInstance as exc:
+            exc.sop_class_uid = meta_ids["sop_class_uid"]
+            exc.sop_instance_uid = meta_ids["sop_instance_uid"]
+            raise
+        ts = ds.file_meta.get("TransferSyntaxUID") if has_meta else None
         uids = [_uid(ds, kw, label, meta_ids) for kw, label in _IDENTIFYING]
         _check_delimited(data, ds, total)
         pixel = ds.data_element("PixelData")
