@@ -17,6 +17,7 @@ INSTALLED: tuple[str, ...] = (
     "careplane.web.mount",
     "careplane.genomics.mount",
     "careplane.imaging.mount",
+    "careplane.records.mount",
 )
 
 

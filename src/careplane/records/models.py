@@ -1,0 +1,186 @@
+"""The FHIR store's tables: resources, every version of each, and typed search indexes.
+
+``fhir_resource`` holds one row per logical resource (type + id) with a pointer to its current
+version, its owning organisation and the Patient it belongs to; ``fhir_resource_version``
+keeps every version's JSON (JSONB on PostgreSQL), deletions included, so vread and history
+never depend on the indexes. The ``fhir_idx_*`` tables hold the current version's search
+values, one table per search-parameter type, each shaped for the comparisons its type needs
+(dates and quantities as ranges, strings normalised for prefix matching). They are rewritten
+in the same transaction as the version they describe, so a search never sees an index that
+disagrees with the resource it returns.
+
+The tables are Core tables rather than ORM classes: the write path inserts many index rows
+per resource and the search path builds its SQL directly, and neither wants an identity map.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from careplane.platform.db import Base, JSONType, UTCDateTime
+
+__all__ = [
+    "INDEX_TABLES",
+    "idx_compartment",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_reference",
+    "idx_string",
+    "idx_token",
+    "idx_uri",
+    "resource",
+    "resource_version",
+]
+
+#: The longest string kept in an indexed (b-tree) column; longer values are cut, never refused.
+INDEXED_CHARS = 255
+
+_PK = BigInteger().with_variant(Integer, "sqlite")
+# Folded text searched by prefix ranges: byte order ("C") on PostgreSQL, as SQLite's BINARY.
+_FOLDED = String(255).with_variant(String(255, collation="C"), "postgresql")
+metadata = Base.metadata
+
+resource = Table(
+    "fhir_resource",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("org_id", String(32), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("patient_id", String(64)),
+    UniqueConstraint("resource_type", "id"),
+    Index("ix_fhir_resource_org_type_updated", "org_id", "resource_type", "last_updated"),
+    Index("ix_fhir_resource_patient", "patient_id"),
+)
+
+resource_version = Table(
+    "fhir_resource_version",
+    metadata,
+    Column("resource_pk", _PK, ForeignKey("fhir_resource.pk", ondelete="CASCADE"),
+           primary_key=True),
+    Column("version", Integer, primary_key=True),
+    # Denormalised from fhir_resource so that type and system history are one index range scan.
+    Column("resource_type", String(64), nullable=False),
+    Column("org_id", String(32), nullable=False),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", JSONType),
+    Index("ix_fhir_resource_version_history", "org_id", "resource_type", "last_updated"),
+    Index("ix_fhir_resource_version_updated", "org_id", "last_updated"),
+)
+
+
+def _index_table(name: str, *columns: Column[object], indexes: tuple[tuple[str, ...], ...]
+                 ) -> Table:
+    """An index table: which resource, for which parameter, and the type's own columns."""
+    table = Table(
+        name,
+        metadata,
+        Column("resource_pk", _PK, ForeignKey("fhir_resource.pk", ondelete="CASCADE"),
+               nullable=False),
+        Column("resource_type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+        Index(f"ix_{name}_resource", "resource_pk"),
+    )
+    for cols in indexes:
+        Index(f"ix_{name}_{'_'.join(cols)}", *(table.c[c] for c in cols))
+    return table
+
+
+idx_string = _index_table(
+    "fhir_idx_string",
+    Column("value", _FOLDED, nullable=False),  # case- and accent-folded
+    Column("exact", Text, nullable=False),                   # as written
+    indexes=(("resource_type", "param", "value"),),
+)
+
+idx_token = _index_table(
+    "fhir_idx_token",
+    Column("system", String(INDEXED_CHARS)),
+    Column("code", String(INDEXED_CHARS)),
+    Column("text", _FOLDED),  # folded display/text, for :text
+    indexes=(("resource_type", "param", "code", "system"),),
+)
+
+idx_date = _index_table(
+    "fhir_idx_date",
+    Column("low", UTCDateTime, nullable=False),   # inclusive
+    Column("high", UTCDateTime, nullable=False),  # exclusive
+    indexes=(("resource_type", "param", "low"), ("resource_type", "param", "high")),
+)
+
+idx_reference = _index_table(
+    "fhir_idx_reference",
+    Column("target_type", String(64)),
+    Column("target_id", String(64)),
+    Column("url", String(INDEXED_CHARS)),  # absolute or canonical references, as written
+    indexes=(("resource_type", "param", "target_id"), ("target_type", "target_id"),
+             ("resource_type", "param", "url")),
+)
+
+idx_quantity = _index_table(
+    "fhir_idx_quantity",
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("system", String(INDEXED_CHARS)),
+    Column("code", String(INDEXED_CHARS)),
+    # The same value in the unit's base form (mg -> g, mmol/L -> mol/m3), when it is UCUM.
+    Column("canonical_low", Float),
+    Column("canonical_high", Float),
+    Column("canonical_code", String(INDEXED_CHARS)),
+    indexes=(("resource_type", "param", "low"), ("resource_type", "param", "canonical_low")),
+)
+
+idx_number = _index_table(
+    "fhir_idx_number",
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    indexes=(("resource_type", "param", "low"),),
+)
+
+idx_uri = _index_table(
+    "fhir_idx_uri",
+    Column("value", _FOLDED, nullable=False),
+    indexes=(("resource_type", "param", "value"),),
+)
+
+idx_compartment = Table(
+    "fhir_idx_compartment",
+    metadata,
+    Column("resource_pk", _PK, ForeignKey("fhir_resource.pk", ondelete="CASCADE"),
+           nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("compartment", String(32), nullable=False),  # Patient, Encounter, ...
+    Column("target_id", String(64), nullable=False),
+    Index("ix_fhir_idx_compartment_resource", "resource_pk"),
+    Index("ix_fhir_idx_compartment_target", "compartment", "target_id", "resource_type"),
+)
+
+#: The index table of each search-parameter type that careplane indexes.
+INDEX_TABLES: dict[str, Table] = {
+    "string": idx_string,
+    "token": idx_token,
+    "date": idx_date,
+    "reference": idx_reference,
+    "quantity": idx_quantity,
+    "number": idx_number,
+    "uri": idx_uri,
+}

@@ -1,0 +1,244 @@
+"""Run a FHIR search and answer with a searchset Bundle.
+
+A search costs a fixed number of SQL statements whatever it finds: one for the page of
+matches (resources and their current JSON together), one for the total when asked, and one
+per ``_include``/``_revinclude`` (per round for ``:iterate``, at most three rounds). Every
+statement is held to the caller's organisation, so neither matches, includes, totals nor the
+paging links can reveal another organisation's resources.
+
+Paging links are stable: without ``_sort`` the order is the row key and the next page starts
+after the last key seen (a keyset), so resources created or deleted meanwhile never shift a
+page; with ``_sort`` the page carries an offset under a total order that ends with the row
+key. The cursor is opaque to clients and carries no authority: it is re-checked against the
+same organisation filter as the first page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import ColumnElement, FromClause, and_, false, func, or_, select
+from sqlalchemy.orm import Session
+
+from careplane.records.access import Action, check, target
+from careplane.records.errors import FhirError, operation_outcome
+from careplane.records.models import INDEX_TABLES, idx_compartment, resource, resource_version
+from careplane.records.search_params import Include, SearchRequest
+from careplane.records.search_sql import Scope, criterion_clause, live, sort_columns
+from careplane.records.spec import COMPARTMENTS, compartment_params
+from careplane.records.summary import shape
+from careplane.security import Principal
+
+__all__ = ["Found", "SearchResult", "run_search", "searchset"]
+
+MAX_INCLUDED = 1000
+ITERATE_ROUNDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    pk: int
+    resource_type: str
+    id: str
+    content: dict[str, Any]
+    mode: str = "match"
+
+
+@dataclass
+class SearchResult:
+    matches: list[Found]
+    included: list[Found]
+    total: int | None
+    next_cursor: str | None
+    previous_cursor: str | None = None
+    warnings: list[Any] = field(default_factory=list)
+
+
+def _encode(cursor: dict[str, int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode().rstrip("=")
+
+
+def _decode(token: str) -> dict[str, int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError):
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(v, int) and v >= 0
+                                             for v in data.values()):
+        raise FhirError.of(400, "invalid", "_cursor is not a cursor this server issued")
+    return data
+
+
+def _with_content(r: FromClause) -> Any:
+    return (select(r.c.pk, r.c.resource_type, r.c.id, resource_version.c.content)
+            .join(resource_version, and_(resource_version.c.resource_pk == r.c.pk,
+                                         resource_version.c.version == r.c.version)))
+
+
+def compartment_clause(r: FromClause, resource_type: str, compartment: tuple[str, str]
+                       ) -> ColumnElement[bool]:
+    ctype, cid = compartment
+    if ctype not in COMPARTMENTS:
+        raise FhirError.of(400, "not-supported", f"{ctype} is not a compartment")
+    if ctype != resource_type and not compartment_params(ctype, resource_type):
+        raise FhirError.of(400, "not-supported",
+                           f"{resource_type} resources are never in a {ctype} compartment")
+    members = select(idx_compartment.c.resource_pk).where(
+        idx_compartment.c.compartment == ctype, idx_compartment.c.target_id == cid,
+        idx_compartment.c.resource_type == resource_type)
+    return r.c.pk.in_(members)
+
+
+def run_search(session: Session, principal: Principal, req: SearchRequest, *,
+               base: str = "", compartment: tuple[str, str] | None = None) -> SearchResult:
+    """Authorise, then find one page of ``req`` (and its includes) in the caller's org."""
+    rtype = req.resource_type
+    patient = compartment[1] if compartment and compartment[0] == "Patient" else None
+    check(session, principal, Action.search, target(rtype, principal.org_id, patient_id=patient),
+          detail={"query": [f"{k}={v}" for k, v in req.used][:20]})
+    scope = Scope(principal.org_id, base)
+    r = resource
+    where = [live(r, rtype, scope)]
+    where += [criterion_clause(r, rtype, c, scope) for c in req.criteria]
+    if compartment is not None:
+        where.append(compartment_clause(r, rtype, compartment))
+    total = None
+    if req.summary == "count" or req.total in ("accurate", "estimate"):
+        total = session.scalar(select(func.count()).select_from(r).where(*where)) or 0
+    if req.summary == "count" or req.count == 0 or total == 0:
+        return SearchResult([], [], total, None, warnings=req.warnings)
+    cursor = _decode(req.cursor) if req.cursor else {}
+    stmt = _with_content(r).where(*where)
+    offset = 0
+    if req.sort:
+        offset = cursor.get("o", 0)
+        stmt = stmt.order_by(*sort_columns(r, rtype, req.sort)).offset(offset)
+    else:
+        if "k" in cursor:
+            stmt = stmt.where(r.c.pk > cursor["k"])
+        stmt = stmt.order_by(r.c.pk)
+    rows = session.execute(stmt.limit(req.count + 1)).all()
+    more = len(rows) > req.count
+    rows = rows[:req.count]
+    matches = [Found(row.pk, row.resource_type, row.id, row.content) for row in rows]
+    next_cursor = None
+    prev_cursor = None
+    if more:
+        next_cursor = _encode({"o": offset + req.count} if req.sort else {"k": rows[-1].pk})
+    if req.sort and offset > 0:
+        prev_cursor = _encode({"o": max(0, offset - req.count)})
+    included = _includes(session, scope, matches, req.includes) if req.includes else []
+    return SearchResult(matches, included, total, next_cursor, prev_cursor, req.warnings)
+
+
+def _fetch_forward(session: Session, scope: Scope, sources: list[Found], inc: Include
+                   ) -> list[Found]:
+    pks = [f.pk for f in sources if f.resource_type == inc.source]
+    if not pks:
+        return []
+    t = INDEX_TABLES["reference"]
+    r2 = resource.alias()
+    conds = [t.c.resource_pk.in_(pks), t.c.resource_type == inc.source,
+             r2.c.org_id == scope.org_id, r2.c.deleted == false()]
+    if inc.param != "*":
+        conds.append(t.c.param == inc.param)
+    if inc.target:
+        conds.append(r2.c.resource_type == inc.target)
+    stmt = (_with_content(r2)
+            .join(t, and_(t.c.target_type == r2.c.resource_type, t.c.target_id == r2.c.id))
+            .where(*conds).limit(MAX_INCLUDED))
+    return [Found(row.pk, row.resource_type, row.id, row.content, "include")
+            for row in session.execute(stmt)]
+
+
+def _fetch_reverse(session: Session, scope: Scope, targets: list[Found], inc: Include
+                   ) -> list[Found]:
+    by_type: dict[str, list[str]] = {}
+    for f in targets:
+        by_type.setdefault(f.resource_type, []).append(f.id)
+    if inc.target:
+        by_type = {k: v for k, v in by_type.items() if k == inc.target}
+    if not by_type:
+        return []
+    t = INDEX_TABLES["reference"]
+    r2 = resource.alias()
+    conds = [t.c.resource_type == inc.source, live(r2, inc.source, scope),
+             or_(*(and_(t.c.target_type == k, t.c.target_id.in_(v))
+                   for k, v in by_type.items()))]
+    if inc.param != "*":
+        conds.append(t.c.param == inc.param)
+    stmt = (_with_content(r2).join(t, t.c.resource_pk == r2.c.pk)
+            .where(*conds).limit(MAX_INCLUDED))
+    return [Found(row.pk, row.resource_type, row.id, row.content, "include")
+            for row in session.execute(stmt)]
+
+
+def _includes(session: Session, scope: Scope, matches: list[Found], includes: list[Include]
+              ) -> list[Found]:
+    seen = {f.pk for f in matches}
+    out: list[Found] = []
+
+    def add(found: list[Found]) -> list[Found]:
+        fresh = []
+        for f in found:
+            if f.pk not in seen:
+                seen.add(f.pk)
+                fresh.append(f)
+        out.extend(fresh)
+        return fresh
+
+    def apply(incs: list[Include], sources: list[Found]) -> list[Found]:
+        fresh: list[Found] = []
+        for inc in incs:
+            fetch = _fetch_reverse if inc.reverse else _fetch_forward
+            fresh += add(fetch(session, scope, sources, inc))
+        return fresh
+
+    latest = apply(includes, matches)
+    iterating = [i for i in includes if i.iterate]
+    rounds = 1
+    while latest and iterating and rounds < ITERATE_ROUNDS:
+        latest = apply(iterating, latest)
+        rounds += 1
+    return out
+
+
+def _link(base: str, path: str, used: list[tuple[str, str]], cursor: str | None) -> str:
+    params = list(used) + ([("_cursor", cursor)] if cursor else [])
+    query = urlencode(params)
+    return f"{base}/{path}" + (f"?{query}" if query else "")
+
+
+def searchset(result: SearchResult, req: SearchRequest, *, base: str, path: str
+              ) -> dict[str, Any]:
+    """The searchset Bundle of ``result``: links, total, matches, includes, an outcome."""
+    links = [{"relation": "self", "url": _link(base, path, req.used, req.cursor)}]
+    if req.cursor:
+        links.append({"relation": "first", "url": _link(base, path, req.used, None)})
+    if result.previous_cursor is not None:
+        links.append({"relation": "previous",
+                      "url": _link(base, path, req.used, result.previous_cursor)})
+    if result.next_cursor is not None:
+        links.append({"relation": "next", "url": _link(base, path, req.used,
+                                                       result.next_cursor)})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if result.total is not None:
+        bundle["total"] = result.total
+    bundle["link"] = links
+    entries = []
+    for f in result.matches + result.included:
+        content = shape(f.content, req.summary, req.elements) if f.mode == "match" \
+            else f.content
+        entries.append({"fullUrl": f"{base}/{f.resource_type}/{f.id}", "resource": content,
+                        "search": {"mode": f.mode}})
+    if result.warnings:
+        entries.append({"resource": operation_outcome(result.warnings),
+                        "search": {"mode": "outcome"}})
+    if entries:
+        bundle["entry"] = entries
+    return bundle

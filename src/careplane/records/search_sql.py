@@ -1,0 +1,337 @@
+"""Search criteria as SQL over the index tables, the same on SQLite and PostgreSQL.
+
+Each criterion becomes one condition on the searched resource row: ``pk IN (SELECT
+resource_pk FROM fhir_idx_<type> WHERE param = ... AND <value test>)``, with the values of one
+parameter OR'd inside the subquery and repeated parameters AND'd outside. The value tests
+follow the FHIR search page: dates and numbers compare as ranges (``eq`` means the search
+range contains the value's range, ``gt`` that the value's range reaches beyond the search
+range), strings match folded prefixes, tokens ``system|code``. Chains and ``_has`` nest the
+same construction one level down, and every nested resource is held to the caller's
+organisation too, so a chain can never reveal whether another organisation's data matched.
+
+Prefix matching is written as a range (``value >= 'smi' AND value < 'smi\\U0010ffff'``)
+rather than ``LIKE``, so both databases use the b-tree; on PostgreSQL the folded columns use
+the "C" collation (see models), which makes that range exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Select,
+    and_,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from careplane.records.models import INDEX_TABLES, resource
+from careplane.records.search_params import (
+    Criterion,
+    DateValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    SortKey,
+    TokenValue,
+)
+from careplane.records.ucum import UCUM_SYSTEM, canonical
+from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
+
+__all__ = ["Scope", "criterion_clause", "live", "sort_columns"]
+
+_TOP = "\U0010ffff"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What every condition is held to: the caller's organisation, and this server's base."""
+
+    org_id: str
+    base: str = ""
+
+
+def live(r: FromClause, resource_type: str, scope: Scope) -> ColumnElement[bool]:
+    """Rows of ``resource_type`` that the caller's organisation holds and that are not deleted."""
+    return and_(r.c.resource_type == resource_type, r.c.org_id == scope.org_id,
+                r.c.deleted == false())
+
+
+def _prefix_match(column: Any, text: str) -> ColumnElement[bool]:
+    start = cut(text)
+    return and_(column >= start, column < start + _TOP)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# -- value tests per type -------------------------------------------------------------------
+
+def _string(t: FromClause, crit: Criterion, value: str) -> ColumnElement[bool]:
+    folded = fold(value)
+    if crit.modifier == "exact":
+        return and_(t.c.value == folded, t.c.exact == value)
+    if crit.modifier == "contains":
+        return t.c.value.like(f"%{_escape_like(folded)}%", escape="\\")
+    return _prefix_match(t.c.value, folded)
+
+
+def _token(t: FromClause, crit: Criterion, value: Any) -> ColumnElement[bool]:
+    if crit.modifier == "text":
+        return _prefix_match(t.c.text, fold(str(value)))
+    assert isinstance(value, TokenValue)
+    conds: list[ColumnElement[bool]] = []
+    if value.system == "":
+        conds.append(t.c.system.is_(None))
+    elif value.system is not None:
+        conds.append(t.c.system == cut(value.system))
+    if value.code is not None:
+        conds.append(t.c.code == cut(value.code))
+    return and_(*conds) if conds else true()
+
+
+def date_test(low: Any, high: Any, value: DateValue) -> ColumnElement[bool]:
+    """The prefix's test of a stored range [low, high) against the search value's range."""
+    s = value.range
+    eq = and_(low >= s.low, high <= s.high)
+    match value.prefix:
+        case "eq":
+            return eq
+        case "ne":
+            return not_(eq)
+        case "gt":
+            return high > s.high
+        case "lt":
+            return low < s.low
+        case "ge":
+            return or_(high > s.high, eq)
+        case "le":
+            return or_(low < s.low, eq)
+        case "sa":
+            return low >= s.high
+        case "eb":
+            return high <= s.low
+        case _:  # ap: within a tenth of the distance from now, at least a day
+            now = datetime.now(UTC)
+            distance = max(abs(now - s.low), abs(now - s.high))
+            slack = max(distance / 10, timedelta(days=1))
+            lo = s.low - slack if s.low - DATE_MIN > slack else DATE_MIN
+            hi = s.high + slack if DATE_MAX - s.high > slack else DATE_MAX
+            return and_(low < hi, high > lo)
+
+
+def instant_test(column: Any, value: DateValue) -> ColumnElement[bool]:
+    """The same tests for an instant stored as one column (``_lastUpdated``)."""
+    s = value.range
+    match value.prefix:
+        case "eq":
+            return and_(column >= s.low, column < s.high)
+        case "ne":
+            return not_(and_(column >= s.low, column < s.high))
+        case "gt" | "sa":
+            return column >= s.high
+        case "lt" | "eb":
+            return column < s.low
+        case "ge":
+            return column >= s.low
+        case "le":
+            return column < s.high
+        case _:
+            return date_test(column, column, value)
+
+
+def number_test(low: Any, high: Any, value: NumberValue) -> ColumnElement[bool]:
+    v = value.value
+    eq = and_(low >= value.low, high < value.high)
+    match value.prefix:
+        case "eq":
+            return eq
+        case "ne":
+            return not_(eq)
+        case "gt":
+            return high > v
+        case "lt":
+            return low < v
+        case "ge":
+            return high >= v
+        case "le":
+            return low <= v
+        case "sa":
+            return low > v
+        case "eb":
+            return high < v
+        case _:
+            slack = abs(v) / 10
+            return and_(low <= v + slack, high >= v - slack)
+
+
+def _scaled(value: NumberValue, factor: float) -> NumberValue:
+    lo, hi = sorted((value.low * factor, value.high * factor))
+    return NumberValue(value.prefix, value.value * factor, lo, hi)
+
+
+def _quantity(t: FromClause, value: QuantityValue) -> ColumnElement[bool]:
+    if value.code is not None and value.system in (UCUM_SYSTEM, None):
+        factor, canon = canonical(value.code)
+        if canon != value.code.strip() or value.system == UCUM_SYSTEM:
+            by_canon = and_(t.c.canonical_code == cut(canon),
+                            number_test(t.c.canonical_low, t.c.canonical_high,
+                                        _scaled(value.number, factor)))
+            if value.system == UCUM_SYSTEM:
+                return by_canon
+            by_code = and_(t.c.code == cut(value.code),
+                           number_test(t.c.low, t.c.high, value.number))
+            return or_(by_canon, by_code)
+    conds = [number_test(t.c.low, t.c.high, value.number)]
+    if value.code is not None:
+        conds.append(t.c.code == cut(value.code))
+    if value.system is not None:
+        conds.append(t.c.system == cut(value.system))
+    return and_(*conds)
+
+
+def _reference(t: FromClause, value: ReferenceValue, scope: Scope) -> ColumnElement[bool]:
+    if value.url is not None:
+        local = scope.base and value.url.startswith(scope.base.rstrip("/") + "/")
+        if local and value.type and value.id:
+            return or_(t.c.url == value.url,
+                       and_(t.c.target_type == value.type, t.c.target_id == value.id))
+        return t.c.url == value.url
+    conds: list[ColumnElement[bool]] = [t.c.target_id == value.id]
+    if value.type is not None:
+        conds.append(t.c.target_type == value.type)
+    return and_(*conds)
+
+
+def _uri(t: FromClause, crit: Criterion, value: str) -> ColumnElement[bool]:
+    if crit.modifier == "below":
+        return _prefix_match(t.c.value, value)
+    if crit.modifier == "above":
+        return literal(cut(value)).like(t.c.value + "%")
+    return t.c.value == cut(value)
+
+
+def _value_test(t: FromClause, crit: Criterion, value: Any, scope: Scope
+                ) -> ColumnElement[bool]:
+    match crit.type:
+        case "string":
+            return _string(t, crit, value)
+        case "token":
+            return _token(t, crit, value)
+        case "date":
+            return date_test(t.c.low, t.c.high, value)
+        case "number":
+            return number_test(t.c.low, t.c.high, value)
+        case "quantity":
+            return _quantity(t, value)
+        case "reference":
+            return _reference(t, value, scope)
+        case "uri":
+            return _uri(t, crit, value)
+    raise ValueError(f"no test for {crit.type}")
+
+
+# -- criteria -------------------------------------------------------------------------------
+
+def _rows(resource_type: str, code: str, ptype: str) -> tuple[FromClause, Select[Any]]:
+    t = INDEX_TABLES[ptype]
+    return t, select(t.c.resource_pk).where(t.c.resource_type == resource_type,
+                                            t.c.param == code)
+
+
+def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
+                     ) -> ColumnElement[bool]:
+    """The condition a resource row ``r`` of ``resource_type`` meets when it matches ``crit``."""
+    if crit.has is not None:
+        return _reverse_chain(r, resource_type, crit, scope)
+    if crit.param is None:
+        return _on_row(r, crit)
+    code = crit.param.code
+    if crit.chains:
+        return _chain(r, resource_type, crit, scope)
+    t, rows = _rows(resource_type, code, crit.type)
+    if crit.missing is not None:
+        return r.c.pk.not_in(rows) if crit.missing else r.c.pk.in_(rows)
+    matching = rows.where(or_(*(_value_test(t, crit, v, scope) for v in crit.values)))
+    if crit.modifier == "not":
+        return r.c.pk.not_in(matching)
+    return r.c.pk.in_(matching)
+
+
+def _on_row(r: FromClause, crit: Criterion) -> ColumnElement[bool]:
+    if crit.missing is not None:
+        return false() if crit.missing else true()
+    if crit.name.startswith("_id"):
+        ids = [v.code for v in crit.values if isinstance(v, TokenValue) and v.code]
+        test = r.c.id.in_(ids)
+        return not_(test) if crit.modifier == "not" else test
+    return or_(*(instant_test(r.c.last_updated, v) for v in crit.values
+                 if isinstance(v, DateValue)))
+
+
+def _chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
+           ) -> ColumnElement[bool]:
+    assert crit.param is not None
+    t, rows = _rows(resource_type, crit.param.code, "reference")
+    branches = []
+    for target_type, inner in crit.chains:
+        r2 = resource.alias()
+        ids = select(r2.c.id).where(live(r2, target_type, scope),
+                                    criterion_clause(r2, target_type, inner, scope))
+        branches.append(and_(t.c.target_type == target_type, t.c.target_id.in_(ids)))
+    return r.c.pk.in_(rows.where(or_(*branches)))
+
+
+def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
+                   ) -> ColumnElement[bool]:
+    assert crit.has is not None
+    source, ref_code = crit.has
+    (_, inner), = crit.chains
+    t = INDEX_TABLES["reference"]
+    r2 = resource.alias()
+    ids = (select(t.c.target_id)
+           .join(r2, r2.c.pk == t.c.resource_pk)
+           .where(t.c.resource_type == source, t.c.param == ref_code,
+                  t.c.target_type == resource_type, live(r2, source, scope),
+                  criterion_clause(r2, source, inner, scope)))
+    return r.c.id.in_(ids)
+
+
+# -- sorting --------------------------------------------------------------------------------
+
+_SORT_COLUMN = {"string": "value", "token": "code", "uri": "value", "reference": "target_id"}
+
+
+def sort_columns(r: FromClause, resource_type: str, keys: list[SortKey]) -> list[Any]:
+    """ORDER BY terms for ``_sort``: the lowest value of the parameter ascending, the highest
+    descending (FHIR leaves multi-valued sorting to the server), resources without a value
+    last, and the row key as the final tie-break so that pages never overlap."""
+    terms: list[Any] = []
+    for key in keys:
+        if key.name == "_id":
+            col: Any = r.c.id
+        elif key.name == "_lastUpdated":
+            col = r.c.last_updated
+        else:
+            t = INDEX_TABLES[key.type]
+            if key.type in ("date", "number", "quantity"):
+                name = "high" if key.descending else "low"
+            else:
+                name = _SORT_COLUMN[key.type]
+            agg = func.max if key.descending else func.min
+            col = (select(agg(t.c[name])).where(t.c.resource_pk == r.c.pk,
+                                                 t.c.param == key.name)
+                   .scalar_subquery())
+        terms.append(col.desc().nulls_last() if key.descending else col.asc().nulls_last())
+    terms.append(r.c.pk.asc())
+    return terms

@@ -1,0 +1,366 @@
+"""The FHIR store: create, read, version-read, update and delete, with history kept.
+
+Each write is prepared in memory (validated, given its id, version and ``meta``, indexed) and
+then persisted with a fixed number of statements however many resources it carries: the
+logical rows, the new versions, the removal of the old index rows and the insertion of the new
+ones each go to the database as one (executemany) statement. A transaction bundle persists
+its whole set of writes the same way. Every write also publishes ``records.<Type>.changed``
+in the same transaction, for real-time subscribers.
+
+Every function takes the caller's :class:`Principal` and authorises through
+``careplane.records.access`` before it returns or changes anything; a resource belongs to the
+organisation of whoever created it, and keeps it across updates.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, bindparam, delete, insert, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from careplane.platform.db import new_id
+from careplane.platform.events import publish
+from careplane.records.access import Action, check, target
+from careplane.records.errors import FhirError
+from careplane.records.indexer import IndexRows, index_resource
+from careplane.records.models import (
+    INDEX_TABLES,
+    idx_compartment,
+    resource,
+    resource_version,
+)
+from careplane.records.validation import check_id, validate_resource
+from careplane.records.values import format_instant
+from careplane.security import Principal
+
+__all__ = [
+    "StoredResource",
+    "Write",
+    "check_if_match",
+    "create",
+    "current_row",
+    "delete_resource",
+    "new_id",
+    "patch",
+    "persist",
+    "prepare_create",
+    "prepare_delete",
+    "prepare_update",
+    "read",
+    "topic",
+    "update",
+    "vread",
+]
+
+
+def topic(resource_type: str) -> str:
+    """The event topic published on every change of a ``resource_type`` resource."""
+    return f"records.{resource_type}.changed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """One version of a resource as stored (``content`` is None for a deletion)."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    org_id: str
+    patient_id: str | None
+    content: dict[str, Any] | None
+    method: str = "GET"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.resource_type}/{self.id}/_history/{self.version}"
+
+
+@dataclass
+class Write:
+    """A change ready to persist: the new version, its index rows, and the row it replaces."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    method: str
+    org_id: str
+    content: dict[str, Any] | None
+    index: IndexRows | None
+    patient_id: str | None
+    pk: int | None = None  # the existing logical row, None for a new resource
+
+    @property
+    def created(self) -> bool:
+        return self.pk is None
+
+    def stored(self) -> StoredResource:
+        return StoredResource(self.resource_type, self.id, self.version, self.last_updated,
+                              self.content is None, self.org_id, self.patient_id, self.content,
+                              self.method)
+
+
+def now() -> datetime:
+    """The current instant, at the millisecond precision that ``meta.lastUpdated`` carries."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _stamp(body: dict[str, Any], rid: str, version: int, when: datetime) -> dict[str, Any]:
+    content = dict(body)
+    content["id"] = rid
+    meta = dict(content["meta"]) if isinstance(content.get("meta"), dict) else {}
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(when)
+    content["meta"] = meta
+    return content
+
+
+# -- reading --------------------------------------------------------------------------------
+
+_CURRENT_COLUMNS = (resource.c.pk, resource.c.resource_type, resource.c.id, resource.c.org_id,
+                    resource.c.version, resource.c.last_updated, resource.c.deleted,
+                    resource.c.patient_id, resource_version.c.content)
+
+
+def current_row(session: Session, resource_type: str, rid: str, *,
+                lock: bool = False) -> Any:
+    """The logical row and current content of ``resource_type/rid`` (any organisation)."""
+    stmt = (select(*_CURRENT_COLUMNS)
+            .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk,
+                                         resource_version.c.version == resource.c.version))
+            .where(resource.c.resource_type == resource_type, resource.c.id == rid))
+    if lock:
+        stmt = stmt.with_for_update(of=resource)
+    return session.execute(stmt).first()
+
+
+def _stored(row: Row[Any]) -> StoredResource:
+    return StoredResource(row.resource_type, row.id, row.version, row.last_updated,
+                          row.deleted, row.org_id, row.patient_id, row.content)
+
+
+def read(session: Session, principal: Principal, resource_type: str, rid: str
+         ) -> StoredResource:
+    """The current version; 404 if it never existed, 410 if it is deleted."""
+    row = current_row(session, resource_type, rid)
+    if row is None:
+        raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+    check(session, principal, Action.read,
+          target(resource_type, row.org_id, rid, row.patient_id))
+    if row.deleted:
+        raise FhirError.of(410, "deleted", f"{resource_type}/{rid} was deleted",
+                           headers={"ETag": f'W/"{row.version}"'})
+    return _stored(row)
+
+
+def vread(session: Session, principal: Principal, resource_type: str, rid: str,
+          version: str) -> StoredResource:
+    """One version of a resource, current or not."""
+    if not version.isdigit():
+        raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version!r}")
+    row = session.execute(
+        select(resource.c.org_id, resource.c.patient_id, resource_version.c.version,
+               resource_version.c.last_updated, resource_version.c.deleted,
+               resource_version.c.content, resource_version.c.method)
+        .join(resource_version, resource_version.c.resource_pk == resource.c.pk)
+        .where(resource.c.resource_type == resource_type, resource.c.id == rid,
+               resource_version.c.version == int(version))).first()
+    if row is None:
+        raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
+    check(session, principal, Action.read,
+          target(resource_type, row.org_id, rid, row.patient_id))
+    if row.deleted:
+        raise FhirError.of(410, "deleted",
+                           f"version {version} of {resource_type}/{rid} is a deletion")
+    return StoredResource(resource_type, rid, row.version, row.last_updated, row.deleted,
+                          row.org_id, row.patient_id, row.content, row.method)
+
+
+# -- preparing writes -----------------------------------------------------------------------
+
+def prepare_create(principal: Principal, body: dict[str, Any], resource_type: str, *,
+                   rid: str | None = None, method: str = "POST",
+                   when: datetime | None = None) -> Write:
+    """A validated, indexed first version (the body is not modified)."""
+    rid = rid or new_id()
+    moment = when or now()
+    content = _stamp(body, rid, 1, moment)
+    index = index_resource(content)
+    return Write(resource_type, rid, 1, moment, method, principal.org_id, content, index,
+                 index.patient_id)
+
+
+def prepare_update(row: Row[Any], body: dict[str, Any], *, method: str = "PUT",
+                   when: datetime | None = None) -> Write:
+    moment = max(when or now(), row.last_updated)
+    version = row.version + 1
+    content = _stamp(body, row.id, version, moment)
+    index = index_resource(content)
+    return Write(row.resource_type, row.id, version, moment, method, row.org_id, content,
+                 index, index.patient_id, pk=row.pk)
+
+
+def prepare_delete(row: Row[Any], *, when: datetime | None = None) -> Write:
+    moment = max(when or now(), row.last_updated)
+    return Write(row.resource_type, row.id, row.version + 1, moment, "DELETE", row.org_id,
+                 None, None, row.patient_id, pk=row.pk)
+
+
+def check_if_match(if_match: str | None, version: int | None, what: str) -> None:
+    if if_match is None:
+        return
+    wanted = if_match.strip()
+    if wanted.startswith("W/"):
+        wanted = wanted[2:]
+    wanted = wanted.strip('"')
+    if version is None or wanted != str(version):
+        raise FhirError.of(412, "conflict", f"If-Match {if_match} does not match the current "
+                           f"version of {what} ({'none' if version is None else version})")
+
+
+def create(session: Session, principal: Principal, body: Any, *,
+           resource_type: str | None = None, rid: str | None = None,
+           method: str = "POST") -> StoredResource:
+    """Validate, authorise and store a new resource (a server-assigned id unless ``rid``)."""
+    rtype = validate_resource(body, resource_type)
+    write = prepare_create(principal, body, rtype, rid=rid, method=method)
+    check(session, principal, Action.create,
+          target(rtype, principal.org_id, write.id, write.patient_id))
+    persist(session, [write])
+    return write.stored()
+
+
+def update(session: Session, principal: Principal, resource_type: str, rid: str, body: Any,
+           *, if_match: str | None = None) -> tuple[StoredResource, bool]:
+    """Replace the current version (or create with this id); returns (stored, created)."""
+    rtype = validate_resource(body, resource_type)
+    check_id(rid)
+    if body.get("id") != rid:
+        raise FhirError.of(400, "invalid", f"the body's id ({body.get('id')!r}) must equal the "
+                           f"id in the URL ({rid!r})", expression=f"{rtype}.id")
+    row = current_row(session, rtype, rid, lock=True)
+    if row is None:
+        check_if_match(if_match, None, f"{rtype}/{rid}")
+        return create(session, principal, body, resource_type=rtype, rid=rid,
+                      method="PUT"), True
+    write = prepare_update(row, body)
+    check(session, principal, Action.update,
+          target(rtype, row.org_id, rid, write.patient_id or row.patient_id))
+    check_if_match(if_match, row.version, f"{rtype}/{rid}")
+    persist(session, [write])
+    return write.stored(), False
+
+
+def delete_resource(session: Session, principal: Principal, resource_type: str, rid: str, *,
+                    if_match: str | None = None) -> StoredResource | None:
+    """Mark deleted (a new, empty version); None if it was deleted already."""
+    row = current_row(session, resource_type, rid, lock=True)
+    if row is None:
+        raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+    check(session, principal, Action.delete,
+          target(resource_type, row.org_id, rid, row.patient_id))
+    if row.deleted:
+        return None
+    check_if_match(if_match, row.version, f"{resource_type}/{rid}")
+    write = prepare_delete(row)
+    persist(session, [write])
+    return write.stored()
+
+
+def patch(session: Session, principal: Principal, resource_type: str, rid: str,
+          operations: Any, *, if_match: str | None = None) -> StoredResource:
+    """Apply a JSON Patch to the current version and store the result as a new version."""
+    from careplane.records.patch import apply_json_patch
+
+    row = current_row(session, resource_type, rid, lock=True)
+    if row is None:
+        raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+    check(session, principal, Action.update,
+          target(resource_type, row.org_id, rid, row.patient_id))
+    if row.deleted:
+        raise FhirError.of(410, "deleted", f"{resource_type}/{rid} was deleted")
+    check_if_match(if_match, row.version, f"{resource_type}/{rid}")
+    body = apply_json_patch(row.content, operations)
+    validate_resource(body, resource_type)
+    write = prepare_update(row, body, method="PATCH")
+    persist(session, [write])
+    return write.stored()
+
+
+# -- persisting -----------------------------------------------------------------------------
+
+def persist(session: Session, writes: Sequence[Write]) -> None:
+    """Store ``writes`` with a bounded number of statements, all in the caller's transaction."""
+    if not writes:
+        return
+    new = [w for w in writes if w.pk is None]
+    fresh = {id(w) for w in new}
+    if new:
+        try:
+            pks = session.execute(
+                insert(resource).returning(resource.c.pk, sort_by_parameter_order=True),
+                [{"resource_type": w.resource_type, "id": w.id, "org_id": w.org_id,
+                  "version": w.version, "last_updated": w.last_updated,
+                  "deleted": w.content is None, "patient_id": w.patient_id} for w in new],
+            ).scalars().all()
+        except IntegrityError:
+            raise FhirError.of(409, "duplicate", "a resource with this id was created at the "
+                               "same time; retry") from None
+        for w, pk in zip(new, pks, strict=True):
+            w.pk = pk
+    old = [w for w in writes if id(w) not in fresh]
+    if old:
+        session.execute(
+            sql_update(resource).where(resource.c.pk == bindparam("b_pk")).values(
+                version=bindparam("b_version"), last_updated=bindparam("b_last_updated"),
+                deleted=bindparam("b_deleted"), patient_id=bindparam("b_patient_id")),
+            [{"b_pk": w.pk, "b_version": w.version, "b_last_updated": w.last_updated,
+              "b_deleted": w.content is None, "b_patient_id": w.patient_id} for w in old],
+            execution_options={"synchronize_session": False},
+        )
+        stale = [w.pk for w in old]
+        for table in (*INDEX_TABLES.values(), idx_compartment):
+            session.execute(delete(table).where(table.c.resource_pk.in_(stale)))
+    session.execute(insert(resource_version), [
+        {"resource_pk": w.pk, "version": w.version, "resource_type": w.resource_type,
+         "org_id": w.org_id, "last_updated": w.last_updated, "method": w.method,
+         "deleted": w.content is None, "content": w.content} for w in writes])
+    rows: dict[str, list[dict[str, Any]]] = {}
+    compartments: list[dict[str, Any]] = []
+    for w in writes:
+        if w.index is None:
+            continue
+        for kind, kind_rows in w.index.rows.items():
+            rows.setdefault(kind, []).extend({**r, "resource_pk": w.pk} for r in kind_rows)
+        compartments.extend({"resource_pk": w.pk, "resource_type": w.resource_type,
+                             "compartment": c, "target_id": t}
+                            for c, t in w.index.compartments)
+    for kind, kind_rows in rows.items():
+        session.execute(insert(INDEX_TABLES[kind]), kind_rows)
+    if compartments:
+        session.execute(insert(idx_compartment), compartments)
+    for w in writes:
+        action = "deleted" if w.content is None else ("created" if id(w) in fresh else "updated")
+        publish(session, topic(w.resource_type),
+                {"resourceType": w.resource_type, "id": w.id, "versionId": str(w.version),
+                 "lastUpdated": format_instant(w.last_updated), "action": action,
+                 "patient": w.patient_id}, org_id=w.org_id)
+
+
+def copy_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy, for callers that rewrite references in a body they do not own."""
+    return copy.deepcopy(body)
