@@ -46,3 +46,46 @@ def test_audit_verify_fails_on_tampering(db: Database, cli_env: None) -> None:
     assert result.exit_code == 1
     assert json.loads(result.stdout)["first_bad_id"] == ids[1]
     assert f"broken at record {ids[1]}" in result.stderr
+
+
+def test_client_add_prints_credentials_that_work(db: Database, cli_env: None,
+                                                 settings: object) -> None:
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from careplane.app import create_app
+    from careplane.security.identity import create_org
+
+    with db.session() as session:
+        create_org(session, "org-a", "Org A")
+    result = CliRunner().invoke(app, ["client", "add", "lab-sync", "--org", "org-a",
+                                      "--scope", "system/*.rs"])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert made["auth_method"] == "client_secret_basic"
+    assert made["grant_types"] == ["client_credentials"]
+    raw = base64.b64encode(f"{made['client_id']}:{made['client_secret']}".encode()).decode()
+    application = create_app(settings)  # type: ignore[arg-type]
+    try:
+        with TestClient(application) as http:
+            response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                                 headers={"Authorization": f"Basic {raw}"})
+    finally:
+        application.state.platform.db.dispose()
+    assert response.status_code == 200, response.text
+
+
+def test_client_add_refuses_bad_input(db: Database, cli_env: None) -> None:
+    from careplane.security.identity import create_org
+
+    with db.session() as session:
+        create_org(session, "org-a", "Org A")
+    for args in (["--scope", "system/*.rs", "--org", "nowhere"],
+                 ["--scope", "not a scope", "--org", "org-a"],
+                 ["--scope", "user/*.rs", "--org", "org-a", "--public"],
+                 ["--scope", "user/*.rs", "--org", "org-a", "--redirect-uri",
+                  "http://evil.example/cb"]):
+        result = CliRunner().invoke(app, ["client", "add", "x", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "careplane: error:" in result.stderr

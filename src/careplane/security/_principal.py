@@ -26,6 +26,12 @@ class Principal:
     token_id: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     display_name: str = ""
+    # Set when an OAuth2 client acts (its token's scopes then narrow what the roles allow).
+    client_id: str | None = None
+    # The Patient this principal is (role ``patient``) or, for a SMART app, the launch patient.
+    patient_id: str | None = None
+    # A clinician's stated reason for emergency access (header ``X-Break-Glass-Reason``).
+    break_glass_reason: str | None = None
 
     def has(self, *roles: Role) -> bool:
         return bool(self.roles.intersection(roles))

@@ -35,3 +35,51 @@ def audit_verify(data_dir: Annotated[str | None, typer.Option(
         typer.echo(f"careplane: audit chain broken at record {result.first_bad_id}: "
                    f"{result.problem}", err=True)
         raise typer.Exit(1)
+
+
+@client_app.command("add")
+def client_add(
+    name: str,
+    org: Annotated[str, typer.Option(help="organisation slug")],
+    scope: Annotated[str, typer.Option(
+        help='scopes it may ask for, e.g. "system/*.rs" or "openid fhirUser launch/patient '
+             'patient/*.rs offline_access"')],
+    redirect_uri: Annotated[list[str] | None, typer.Option(
+        help="redirect URI for the authorization-code grant (repeatable)")] = None,
+    public: Annotated[bool, typer.Option(
+        "--public", help="a public app (PKCE, no secret), e.g. a browser or mobile app")] = False,
+    jwks_file: Annotated[str | None, typer.Option(
+        help="the client's public keys (JWKS JSON) for private_key_jwt authentication")] = None,
+    data_dir: Annotated[str | None, typer.Option(
+        "--data-dir", help="data directory (default: $CAREPLANE_DATA_DIR or ./data)")] = None,
+) -> None:
+    """Register an OAuth2 client and print its id (and secret, shown only now) as JSON."""
+    import json
+    from pathlib import Path
+
+    from careplane.cli import database, emit, fail, guarded, settings_from
+    from careplane.security.identity import get_org
+    from careplane.security.oauth import create_client
+
+    jwks = None
+    if jwks_file:
+        try:
+            jwks = json.loads(Path(jwks_file).read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the JWKS file {jwks_file}: {exc}")
+        if not isinstance(jwks, dict):
+            fail("the JWKS file must hold a JSON object with a 'keys' list")
+    method = "none" if public else "private_key_jwt" if jwks else "client_secret_basic"
+    settings = settings_from(Path(data_dir) if data_dir else None)
+    with database(settings) as db, db.session() as session:
+        organisation = guarded(lambda: get_org(session, org))
+        made = guarded(lambda: create_client(session, org=organisation, name=name, scope=scope,
+                                             redirect_uris=list(redirect_uri or []),
+                                             auth_method=method, jwks=jwks))
+        out = {"client_id": made.client.id, "name": made.client.name,
+               "organisation": organisation.slug, "auth_method": made.client.auth_method,
+               "grant_types": made.client.grant_types, "scope": made.client.scope,
+               "redirect_uris": made.client.redirect_uris}
+        if made.secret:
+            out["client_secret"] = made.secret
+        emit(out)

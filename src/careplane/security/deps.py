@@ -1,7 +1,17 @@
-"""Authentication on every protected route: a bearer token (API) or a session cookie (web)."""
+"""Authentication on every protected route: a bearer token (API) or a session cookie (web).
+
+Bearer tokens are either careplane's opaque tokens (``/api/auth/token``, ``careplane token
+add``) or JWT access tokens from the built-in OAuth2 server; both resolve to a
+:class:`Principal`. A refused token answers 401 with an RFC 6750 challenge
+(``WWW-Authenticate: Bearer error="invalid_token", error_description=...``).
+
+A clinician's emergency access is requested per request with the ``X-Break-Glass-Reason``
+header; the reason travels on the principal to the policy and into the audit trail.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Callable
 from typing import Annotated
@@ -10,31 +20,83 @@ from fastapi import Depends, HTTPException, Request, status
 
 from careplane.deps import PlatformDep
 from careplane.security._principal import Principal, Role
+from careplane.security.access_tokens import TokenRejected, is_jwt, resolve_access_token
 from careplane.security.identity import resolve_token
+from careplane.security.issuer import issuer_url
+
+__all__ = ["BREAK_GLASS_HEADER", "CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE",
+           "PrincipalDep", "authenticate_request", "current_principal", "require_roles"]
 
 SESSION_COOKIE = "careplane_session"
 CSRF_COOKIE = "careplane_csrf"
 CSRF_HEADER = "x-csrf-token"
+BREAK_GLASS_HEADER = "x-break-glass-reason"
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+_FORM = "application/x-www-form-urlencoded"
 
 
-def _unauthorised(message: str) -> HTTPException:
+def _unauthorised(message: str, error: str | None = None) -> HTTPException:
+    challenge = 'Bearer realm="careplane"'
+    if error:
+        safe = message.replace('"', "'")
+        challenge += f', error="{error}", error_description="{safe}"'
     return HTTPException(status.HTTP_401_UNAUTHORIZED, message,
-                         headers={"WWW-Authenticate": 'Bearer realm="careplane"'})
+                         headers={"WWW-Authenticate": challenge})
 
 
-def authenticate_request(request: Request, platform: PlatformDep) -> Principal | None:
+async def _form_csrf(request: Request) -> str | None:
+    """The ``csrf`` field of a plain HTML form post that authenticates with the session cookie.
+
+    Only url-encoded forms are read here (uploads must send the header), and only when the
+    header is absent, so no other request pays for parsing its body.
+    """
+    if request.method in _SAFE_METHODS or CSRF_HEADER in request.headers \
+            or "authorization" in request.headers or SESSION_COOKIE not in request.cookies:
+        return None
+    if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != _FORM:
+        return None
+    form = await request.form()
+    value = form.get("csrf")
+    return value if isinstance(value, str) else None
+
+
+def _break_glass(request: Request, principal: Principal) -> Principal:
+    reason = request.headers.get(BREAK_GLASS_HEADER, "").strip()
+    if not reason:
+        return principal
+    if len(reason) < 10 or len(reason) > 500 or not reason.isprintable():
+        raise HTTPException(status.HTTP_400_BAD_REQUEST,
+                            "X-Break-Glass-Reason must state the emergency in 10-500 "
+                            "printable characters")
+    return dataclasses.replace(principal, break_glass_reason=reason)
+
+
+def authenticate_request(request: Request, platform: PlatformDep,
+                         form_csrf: Annotated[str | None, Depends(_form_csrf)] = None
+                         ) -> Principal | None:
     """The principal of this request, or None when it carries no credentials at all."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _unauthorised("the Authorization header must be 'Bearer <token>'")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorised("the Authorization header must be 'Bearer <token>'",
+                                "invalid_request")
+        if len(token) > 8192:
+            raise _unauthorised("the bearer token is too long", "invalid_token")
         with platform.session() as session:
-            principal = resolve_token(session, token.strip(), kind="bearer")
+            if is_jwt(token):
+                try:
+                    principal: Principal | None = resolve_access_token(
+                        session, token, issuer=issuer_url(request))
+                except TokenRejected as exc:
+                    raise _unauthorised(str(exc), "invalid_token") from None
+            else:
+                principal = resolve_token(session, token, kind="bearer")
         if principal is None:
-            raise _unauthorised("the bearer token is invalid, expired or revoked")
-        return principal
+            raise _unauthorised("the bearer token is invalid, expired or revoked",
+                                "invalid_token")
+        return _break_glass(request, principal)
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
@@ -44,11 +106,11 @@ def authenticate_request(request: Request, platform: PlatformDep) -> Principal |
         return None
     if request.method not in _SAFE_METHODS:
         # A cookie is sent by the browser on its own; demand proof the page made this request.
-        sent = request.headers.get(CSRF_HEADER, "")
+        sent = request.headers.get(CSRF_HEADER) or form_csrf or ""
         expected = request.cookies.get(CSRF_COOKIE, "")
-        if not expected or not hmac.compare_digest(sent, expected):
+        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
-    return principal
+    return _break_glass(request, principal)
 
 
 def current_principal(

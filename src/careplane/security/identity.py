@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 from careplane.platform.db import utcnow
 from careplane.security._principal import Principal, Role
 from careplane.security.models import AuthToken, Membership, Organisation, User
+from careplane.security.oauth_models import UserPatient
 from careplane.security.passwords import hash_password, verify_password
 
 __all__ = ["IdentityError", "IssuedToken", "add_membership", "authenticate", "create_org",
-           "create_user", "issue_token", "resolve_token", "revoke_token"]
+           "create_user", "issue_token", "link_patient", "resolve_token", "revoke_token"]
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
@@ -141,9 +142,29 @@ def resolve_token(session: Session, token: str, *, kind: str) -> Principal | Non
         return None
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
         row.last_used_at = now
+    patient_id = None
+    if Role.patient in roles:
+        patient_id = session.scalar(select(UserPatient.patient_id).where(
+            UserPatient.user_id == user.id, UserPatient.org_id == row.org_id))
     return Principal(user_id=user.id, username=user.username, org_id=row.org_id, roles=roles,
                      token_id=row.id, scopes=frozenset(row.scopes.split()),
-                     display_name=user.full_name or user.username)
+                     display_name=user.full_name or user.username, client_id=row.client_id,
+                     patient_id=patient_id)
+
+
+def link_patient(session: Session, user: User, org: Organisation, patient_id: str) -> None:
+    """Make ``patient_id`` this user's own record in ``org`` (what role ``patient`` may see)."""
+    if not patient_id or len(patient_id) > 64:
+        raise IdentityError("a patient id is 1-64 characters")
+    if not any(m.org_id == org.id and m.role == Role.patient.value for m in user.memberships):
+        raise IdentityError(f"user {user.username!r} is not a patient of {org.slug!r}")
+    row = session.scalar(select(UserPatient).where(UserPatient.user_id == user.id,
+                                                   UserPatient.org_id == org.id))
+    if row is None:
+        session.add(UserPatient(user_id=user.id, org_id=org.id, patient_id=patient_id))
+    else:
+        row.patient_id = patient_id
+    session.flush()
 
 
 def revoke_token(session: Session, token_id: str) -> None:

@@ -1,0 +1,161 @@
+"""Signed JWT access tokens (RFC 9068 profile) and OpenID Connect ID tokens.
+
+A JWT access token is checked without trusting anything it says until its signature verifies
+against a key of our own published set: issuer first (a token from another issuer is refused
+before any key lookup), then signature, then audience, expiry and not-before, then its row in
+``auth_token`` (revoked or unknown ``jti`` → refused) and finally the user's current
+memberships (roles are never taken from the token, so removing a role takes effect at once).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from careplane.platform.db import new_id, utcnow
+from careplane.security._principal import Principal, Role
+from careplane.security.identity import hash_token
+from careplane.security.keys import SIGNING_ALG, current_key, verification_key
+from careplane.security.models import AuthToken, User
+from careplane.security.oauth_models import UserPatient
+
+__all__ = ["ACCESS_TOKEN_LIFETIME", "IssuedAccessToken", "TokenRejected", "is_jwt",
+           "issue_access_token", "issue_id_token", "linked_patient", "resolve_access_token"]
+
+ACCESS_TOKEN_LIFETIME = timedelta(hours=1)
+ID_TOKEN_LIFETIME = timedelta(hours=1)
+_LEEWAY = 30  # seconds of clock skew tolerated on exp/nbf/iat
+
+
+class TokenRejected(ValueError):
+    """The presented token is not acceptable; the message says why (safe to show the caller)."""
+
+
+@dataclass(frozen=True)
+class IssuedAccessToken:
+    token: str
+    jti: str
+    expires_in: int
+    expires_at: datetime
+
+
+def is_jwt(token: str) -> bool:
+    return token.count(".") == 2
+
+
+def linked_patient(session: Session, user_id: str, org_id: str) -> str | None:
+    return session.scalar(select(UserPatient.patient_id).where(
+        UserPatient.user_id == user_id, UserPatient.org_id == org_id))
+
+
+def issue_access_token(session: Session, secret: str, *, issuer: str, user_id: str,
+                       org_id: str, client_id: str, scope: str,
+                       patient_id: str | None = None, family: str | None = None,
+                       lifetime: timedelta = ACCESS_TOKEN_LIFETIME) -> IssuedAccessToken:
+    kid, key = current_key(session, secret)
+    now = utcnow()
+    expires_at = now + lifetime
+    jti = new_id()
+    claims: dict[str, Any] = {
+        "iss": issuer, "sub": user_id, "aud": issuer, "client_id": client_id,
+        "iat": int(now.timestamp()), "nbf": int(now.timestamp()),
+        "exp": int(expires_at.timestamp()), "jti": jti, "scope": scope, "org": org_id}
+    if patient_id:
+        claims["patient"] = patient_id
+    token = jwt.encode({"alg": SIGNING_ALG, "kid": kid, "typ": "at+jwt"}, claims, key)
+    session.add(AuthToken(id=jti, token_hash=hash_token(token), kind="access", user_id=user_id,
+                          org_id=org_id, client_id=client_id, scopes=scope,
+                          name=f"oauth2:{family}" if family else "oauth2",
+                          expires_at=expires_at))
+    session.flush()
+    return IssuedAccessToken(token, jti, int(lifetime.total_seconds()), expires_at)
+
+
+def issue_id_token(session: Session, secret: str, *, issuer: str, user: User, org_id: str,
+                   client_id: str, nonce: str | None, scope: str) -> str:
+    kid, key = current_key(session, secret)
+    now = utcnow()
+    claims: dict[str, Any] = {
+        "iss": issuer, "sub": user.id, "aud": client_id, "iat": int(now.timestamp()),
+        "exp": int((now + ID_TOKEN_LIFETIME).timestamp()), "auth_time": int(now.timestamp())}
+    if nonce:
+        claims["nonce"] = nonce
+    granted = set(scope.split())
+    if "profile" in granted:
+        claims["name"] = user.full_name or user.username
+        claims["preferred_username"] = user.username
+    if "fhirUser" in granted:
+        own = linked_patient(session, user.id, org_id)
+        if own:
+            claims["fhirUser"] = f"{issuer}/fhir/Patient/{own}"
+    return jwt.encode({"alg": SIGNING_ALG, "kid": kid, "typ": "JWT"}, claims, key)
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        compact = jws.extract_compact(token.encode("ascii"))
+        claims = json.loads(compact.payload)
+    except (JoseError, ValueError, UnicodeError) as exc:
+        raise TokenRejected("the token is not a well-formed JWT") from exc
+    if not isinstance(claims, dict):
+        raise TokenRejected("the token is not a well-formed JWT")
+    return dict(compact.headers()), claims
+
+
+def resolve_access_token(session: Session, token: str, *, issuer: str,
+                         audience: str | None = None) -> Principal:
+    """The principal a JWT access token stands for; :class:`TokenRejected` says why not."""
+    header, unverified = _unverified(token)
+    if unverified.get("iss") != issuer:
+        raise TokenRejected("the token was issued by an unknown issuer")
+    kid = header.get("kid")
+    key = verification_key(session, kid) if isinstance(kid, str) else None
+    if key is None:
+        raise TokenRejected("the token is signed with an unknown or expired key")
+    if header.get("typ") not in ("at+jwt", "application/at+jwt"):
+        raise TokenRejected("the token is not an access token")
+    try:
+        claims = jwt.decode(token, key, algorithms=[SIGNING_ALG]).claims
+    except (JoseError, ValueError) as exc:
+        raise TokenRejected("the token's signature does not verify") from exc
+    registry = jwt.JWTClaimsRegistry(
+        leeway=_LEEWAY, iss={"essential": True, "value": issuer},
+        aud={"essential": True, "value": audience or issuer},
+        exp={"essential": True}, sub={"essential": True}, jti={"essential": True})
+    try:
+        registry.validate(claims)
+    except JoseError as exc:
+        if exc.error == "expired_token":
+            raise TokenRejected("the token has expired") from exc
+        if "aud" in str(exc):
+            raise TokenRejected("the token is meant for another audience") from exc
+        raise TokenRejected(f"the token's claims are not acceptable ({exc.error})") from exc
+    row = session.get(AuthToken, claims["jti"])
+    now = utcnow()
+    if row is None or row.kind != "access" or row.user_id != claims["sub"]:
+        raise TokenRejected("the token is unknown")
+    if row.revoked_at is not None:
+        raise TokenRejected("the token has been revoked")
+    if row.expires_at <= now - timedelta(seconds=_LEEWAY):
+        raise TokenRejected("the token has expired")
+    user = session.get(User, row.user_id)
+    if user is None or not user.is_active:
+        raise TokenRejected("the token's account is disabled")
+    roles = frozenset(Role(m.role) for m in user.memberships if m.org_id == row.org_id)
+    if not roles:
+        raise TokenRejected("the token's account no longer belongs to its organisation")
+    patient = claims.get("patient")
+    if Role.patient in roles:
+        # A patient's own record is the link on their account, whatever the token claims.
+        patient = linked_patient(session, user.id, row.org_id)
+    return Principal(user_id=user.id, username=user.username, org_id=row.org_id, roles=roles,
+                     token_id=row.id, scopes=frozenset(row.scopes.split()),
+                     display_name=user.full_name or user.username, client_id=row.client_id,
+                     patient_id=patient if isinstance(patient, str) else None)
