@@ -248,6 +248,7 @@ def demo(port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     from careplane.demo import seed
 
     os.environ.setdefault("CAREPLANE_ENV", "development")
+    os.environ.setdefault("CAREPLANE_LOG_JSON", "false")  # a person reads this terminal
     settings = settings_from(data_dir or Path(os.environ.get(
         "CAREPLANE_DATA_DIR", Path.cwd() / "data" / "demo")), host="127.0.0.1", port=port)
     if not settings.development:
