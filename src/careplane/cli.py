@@ -211,6 +211,13 @@ def run_server(settings: Settings) -> None:
         log.warning("created the first administrator: user 'admin' in organisation 'main', "
                     "with the password from CAREPLANE_ADMIN_PASSWORD")
     application = create_app(settings)
+    from careplane.imaging.dimse import start_dimse  # the DICOM listener on --dicom-port
+
+    try:
+        dimse = start_dimse(settings, application.state.platform.db,
+                            application.state.platform.blobs)
+    except OSError as exc:
+        fail(f"cannot listen for DICOM on {settings.host}:{settings.dicom_port}: {exc}")
     executor = None
     if settings.job_workers:
         executor = LocalExecutor(settings.db_url, settings.job_workers,
@@ -222,6 +229,7 @@ def run_server(settings: Settings) -> None:
         uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
                     proxy_headers=True, forwarded_allow_ips="127.0.0.1")
     finally:
+        dimse.stop()
         if executor:
             executor.stop()
 
