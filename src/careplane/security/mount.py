@@ -4,11 +4,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import careplane.security.audit
+import careplane.security.consent
+import careplane.security.grants
 import careplane.security.models
-import careplane.security.oauth_models  # noqa: F401 - registers the identity and audit tables
+import careplane.security.oauth_models
+import careplane.security.review  # noqa: F401 - registers the security domain's tables
+from careplane.security import Role
+from careplane.security.access_routes import router as access_router
+from careplane.security.audit_routes import api as audit_api
+from careplane.security.audit_routes import pages as audit_pages
 from careplane.security.oauth import OAuthError
 from careplane.security.oauth_routes import router as oauth_router
 from careplane.security.routes import router
+from careplane.web.nav import NavItem, register
+
+register(NavItem("audit", "Audit", "/admin/audit",
+                 "Who opened which record, emergency accesses to review, chain verification",
+                 roles=frozenset({Role.admin})))
 
 
 async def _oauth_error(request: Request, exc: Exception) -> Response:
@@ -20,4 +32,7 @@ async def _oauth_error(request: Request, exc: Exception) -> Response:
 def mount(app: FastAPI) -> None:
     app.include_router(router)
     app.include_router(oauth_router)
+    app.include_router(access_router)
+    app.include_router(audit_api)
+    app.include_router(audit_pages)
     app.add_exception_handler(OAuthError, _oauth_error)

@@ -121,13 +121,17 @@ class ConsentRule:
     """One provision of a patient's consent (FHIR Consent.provision), flattened.
 
     Empty sets mean "any": a deny with no actors, purposes, classes or actions refuses
-    everything to everyone except the patient themself.
+    everything to everyone except the patient themself. Nested provisions are exceptions to
+    their parent (``parent_id``): within one consent the deepest provision that matches (with
+    all its ancestors) gives that consent's answer; across consents a deny beats a permit.
     """
 
     id: str
     consent_id: str
     patient_id: str
     decision: str  # "permit" | "deny"
+    parent_id: str | None = None
+    depth: int = 0
     actor_user_ids: frozenset[str] = frozenset()
     actor_org_ids: frozenset[str] = frozenset()
     actor_roles: frozenset[str] = frozenset()
@@ -198,10 +202,45 @@ _ROLE_RIGHTS: dict[str, dict[Role, frozenset[Action]]] = {
         Role.researcher: frozenset(Action),
     },
     "jobs": {r: frozenset(Action) for r in Role if r is not Role.patient},
+    # Patients' consent directives: recorded by clinical staff, or by the patient themself.
+    "consent": {
+        **{r: READS | WRITES for r in _CLINICAL - {Role.service}},
+        Role.counsellor: READS,
+        Role.patient: READS | {Action.create, Action.update},
+    },
+    # careplane's own security objects (grants) and the audit trail: administrators only.
+    "security": {Role.admin: frozenset(Action)},
     "audit": {Role.admin: READS | {Action.export, Action.update}},
 }
 # Domains whose data identifies patients: a researcher sees only de-identified, granted data.
 _IDENTIFIABLE = frozenset({"records", "imaging"})
+
+
+def _consent_answers(facts: Facts, principal: Principal, action: Action, target: Target,
+                     purpose: str) -> list[ConsentRule]:
+    """Each consent's answer for this access: its deepest matching provision, if any."""
+    by_consent: dict[str, list[ConsentRule]] = {}
+    for rule in facts.consents:
+        by_consent.setdefault(rule.consent_id, []).append(rule)
+    answers = []
+    for rules in by_consent.values():
+        index = {r.id: r for r in rules}
+        matched = {r.id for r in rules if r.applies(principal, action, target, purpose,
+                                                    facts.now)}
+
+        def chain_matches(rule: ConsentRule, index: dict[str, ConsentRule] = index,
+                          matched: set[str] = matched) -> bool:
+            parent = rule.parent_id
+            while parent is not None:
+                if parent not in matched:
+                    return False
+                parent = index[parent].parent_id
+            return True
+
+        effective = [r for r in rules if r.id in matched and chain_matches(r)]
+        if effective:
+            answers.append(max(effective, key=lambda r: r.depth))
+    return answers
 
 
 def default_purpose(principal: Principal) -> str:
@@ -280,8 +319,7 @@ def decide(principal: Principal, action: Action, target: Target, *,
                            else " for this patient"))
 
     # 3. another organisation's data needs a grant (or the patient's permit naming you)
-    consents = [c for c in facts.consents
-                if c.applies(principal, action, target, purpose, facts.now)]
+    consents = _consent_answers(facts, principal, action, target, purpose)
     permit = next((c for c in consents if c.decision == "permit"), None)
     if target.org_id is not None and target.org_id != principal.org_id and grant is None:
         grant = _grant_for(principal, action, target, facts)

@@ -1,4 +1,4 @@
-"""security: OAuth2 clients, signing keys, codes, refresh tokens, patient links
+"""security: OAuth2 clients, signing keys, codes, refresh tokens, patient links, access grants
 
 Revision ID: 0010
 Revises: 0001
@@ -49,6 +49,33 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('auth_client', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_auth_client_org_id'), ['org_id'], unique=False)
+
+    op.create_table('auth_grant',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('grantor_org_id', sa.String(length=32), nullable=False),
+    sa.Column('grantee_org_id', sa.String(length=32), nullable=True),
+    sa.Column('grantee_user_id', sa.String(length=32), nullable=True),
+    sa.Column('workspace_id', sa.String(length=64), nullable=True),
+    sa.Column('patient_id', sa.String(length=64), nullable=True),
+    sa.Column('kinds', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('actions', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('deidentified_only', sa.Boolean(), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('valid_from', cdb.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('valid_until', cdb.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_by', sa.String(length=32), nullable=True),
+    sa.Column('created_at', cdb.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', cdb.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['grantee_org_id'], ['organisation.id'], name=op.f('fk_auth_grant_grantee_org_id_organisation'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['grantee_user_id'], ['user_account.id'], name=op.f('fk_auth_grant_grantee_user_id_user_account'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['grantor_org_id'], ['organisation.id'], name=op.f('fk_auth_grant_grantor_org_id_organisation'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_auth_grant'))
+    )
+    with op.batch_alter_table('auth_grant', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_auth_grant_grantee_org_id'), ['grantee_org_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_auth_grant_grantee_user_id'), ['grantee_user_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_auth_grant_grantor_org_id'), ['grantor_org_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_auth_grant_workspace_id'), ['workspace_id'], unique=False)
 
     op.create_table('auth_user_patient',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -134,6 +161,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_auth_user_patient_user_id'))
 
     op.drop_table('auth_user_patient')
+    with op.batch_alter_table('auth_grant', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_auth_grant_workspace_id'))
+        batch_op.drop_index(batch_op.f('ix_auth_grant_grantor_org_id'))
+        batch_op.drop_index(batch_op.f('ix_auth_grant_grantee_user_id'))
+        batch_op.drop_index(batch_op.f('ix_auth_grant_grantee_org_id'))
+
+    op.drop_table('auth_grant')
     with op.batch_alter_table('auth_client', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_auth_client_org_id'))
 
