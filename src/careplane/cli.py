@@ -216,8 +216,10 @@ def run_server(settings: Settings) -> None:
     try:
         dimse = start_dimse(settings, application.state.platform.db,
                             application.state.platform.blobs)
-    except OSError as exc:
-        fail(f"cannot listen for DICOM on {settings.host}:{settings.dicom_port}: {exc}")
+    except OSError as exc:  # the web server is still useful; say loudly what is missing
+        log.error("DICOM listener not started on %s:%s: %s", settings.host,
+                  settings.dicom_port, exc)
+        dimse = None
     executor = None
     if settings.job_workers:
         executor = LocalExecutor(settings.db_url, settings.job_workers,
@@ -229,7 +231,8 @@ def run_server(settings: Settings) -> None:
         uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
                     proxy_headers=True, forwarded_allow_ips="127.0.0.1")
     finally:
-        dimse.stop()
+        if dimse:
+            dimse.stop()
         if executor:
             executor.stop()
 

@@ -15,7 +15,6 @@ import secrets
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pydicom
@@ -30,20 +29,17 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from careplane.imaging.attributes import Level, by_tag
-from careplane.imaging.config import ImagingSettings, RemoteAE, imaging_settings
-from careplane.imaging.models import DicomRemoteAE
+from careplane.imaging.config import ImagingSettings, imaging_settings
 from careplane.imaging.part10 import SUPPORTED_TRANSFER_SYNTAXES
+from careplane.imaging.peers import Peer, add_remote_ae, peers
 from careplane.imaging.qido import QidoRequest, render_rows
 from careplane.imaging.query import Criteria, QueryError, build_select, matchable
 from careplane.imaging.store import StoredInstance, store_instance
 from careplane.platform.blobs import BlobStore
 from careplane.platform.db import Database
 from careplane.security.audit import record as audit_record
-from careplane.security.models import Organisation
 from careplane.security.policy import Action, Target
 from careplane.settings import Settings
 
@@ -60,49 +56,6 @@ _MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove,
 _LEVELS = {"PATIENT": Level.patient, "STUDY": Level.study, "SERIES": Level.series,
            "IMAGE": Level.instance}
 _SKIP = {0x00080005, 0x00080052, 0x00080054, 0x00080056}  # charset, level, AE, availability
-
-
-@dataclass(frozen=True)
-class Peer:
-    ae_title: str
-    org_id: str
-    host: str | None = None
-    port: int | None = None
-
-
-def _org_id(session: Session, slug_or_id: str) -> str | None:
-    org = session.scalars(select(Organisation).where(
-        (Organisation.slug == slug_or_id) | (Organisation.id == slug_or_id))).first()
-    return org.id if org else None
-
-
-def peers(session: Session, configured: dict[str, RemoteAE] | None = None) -> dict[str, Peer]:
-    """The allowed DICOM peers by AE title: configured ones, then the table (which wins)."""
-    found: dict[str, Peer] = {}
-    for title, remote in (configured or {}).items():
-        org_id = _org_id(session, remote.org)
-        if org_id is None:
-            log.warning("DICOM peer %s names an unknown organisation %r", title, remote.org)
-            continue
-        found[title.strip()] = Peer(title.strip(), org_id, remote.host, remote.port)
-    for row in session.scalars(select(DicomRemoteAE)):
-        found[row.ae_title.strip()] = Peer(row.ae_title.strip(), row.org_id, row.host, row.port)
-    return found
-
-
-def add_remote_ae(session: Session, org_id: str, ae_title: str, *, host: str | None = None,
-                  port: int | None = None, description: str = "") -> DicomRemoteAE:
-    """Allow a DICOM peer to associate, for one organisation (or update where it points)."""
-    title = ae_title.strip()
-    if not 0 < len(title) <= 16 or "\\" in title:
-        raise ValueError("an AE title is 1-16 characters without a backslash")
-    row = session.scalars(select(DicomRemoteAE).where(DicomRemoteAE.ae_title == title)).first()
-    if row is None:
-        row = DicomRemoteAE(ae_title=title, org_id=org_id)
-        session.add(row)
-    row.org_id, row.host, row.port, row.description = org_id, host, port, description
-    session.flush()
-    return row
 
 
 class DimseServer:
