@@ -62,7 +62,20 @@ _STREAM_BATCH = 500
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicomweb"
+    """The absolute DICOMweb base URL, for RetrieveURL and BulkDataURI values.
+
+    Some clients (dicomweb-client among them) send a Host header without the port; when no
+    proxy speaks for the request, the port the connection arrived on is put back.
+    """
+    base = request.base_url
+    server = request.scope.get("server")
+    proxied = any(h in request.headers for h in ("x-forwarded-host", "x-forwarded-proto",
+                                                 "forwarded"))
+    if base.port is None and server and not proxied:
+        port = int(server[1])
+        if port != (443 if base.scheme == "https" else 80):
+            base = base.replace(port=port)
+    return str(base).rstrip("/") + "/dicomweb"
 
 
 def _fail(exc: RetrieveError | QueryError | RenderError) -> HTTPException:
