@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 
 import careplane.security.audit
 import careplane.security.consent
@@ -15,6 +16,7 @@ from careplane.security.audit_routes import api as audit_api
 from careplane.security.audit_routes import pages as audit_pages
 from careplane.security.oauth import OAuthError
 from careplane.security.oauth_routes import router as oauth_router
+from careplane.security.ratelimit import RateLimitMiddleware
 from careplane.security.routes import router
 from careplane.web.nav import NavItem, register
 
@@ -36,3 +38,5 @@ def mount(app: FastAPI) -> None:
     app.include_router(audit_api)
     app.include_router(audit_pages)
     app.add_exception_handler(OAuthError, _oauth_error)
+    # Innermost (appended, not inserted): the request-id and header middleware wrap a 429.
+    app.user_middleware.append(Middleware(RateLimitMiddleware))
