@@ -1,0 +1,153 @@
+"""Batch and transaction bundles: atomicity, urn:uuid and conditional references, limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from careplane.platform.db import Database
+from careplane.platform.events import EventRecord
+from careplane.records.config import FhirConfig
+from careplane.records.models import INDEX_TABLES, resource, resource_version
+from tests.records.conftest import Fhir, observation, patient
+
+PATIENT_URN = "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"
+
+
+def entry(method: str, url: str, res: dict[str, Any] | None = None,
+          full_url: str | None = None, **request: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {"request": {"method": method, "url": url, **request}}
+    if res is not None:
+        e["resource"] = res
+    if full_url:
+        e["fullUrl"] = full_url
+    return e
+
+
+def bundle(kind: str, *entries: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def stored_rows(db: Database) -> tuple[int, ...]:
+    with db.session() as s:
+        return (s.scalar(select(func.count()).select_from(resource)) or 0,
+                s.scalar(select(func.count()).select_from(resource_version)) or 0,
+                *(s.scalar(select(func.count()).select_from(t)) or 0
+                  for t in INDEX_TABLES.values()),
+                s.scalar(select(func.count()).select_from(EventRecord)) or 0)
+
+
+def test_transaction_resolves_urn_uuid_references(fhir: Fhir) -> None:
+    r = fhir.post("", bundle(
+        "transaction",
+        entry("POST", "Observation", observation(PATIENT_URN)),
+        entry("POST", "Patient", patient(identifier=[{"system": "urn:mrn", "value": "T1"}]),
+              full_url=PATIENT_URN),
+        entry("PUT", "Patient/fixed-id", patient("Fixed", id="fixed-id")),
+    ))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses == ["201 Created", "201 Created", "201 Created"]
+    obs = out["entry"][0]["resource"]
+    pid = out["entry"][1]["resource"]["id"]
+    assert obs["subject"]["reference"] == f"Patient/{pid}"
+    assert out["entry"][1]["response"]["location"].endswith(f"/Patient/{pid}/_history/1")
+    assert fhir.ids("Observation", {"patient": pid}) == [obs["id"]]
+    # a second transaction: conditional reference and a conditional create that matches
+    r = fhir.post("", bundle(
+        "transaction",
+        entry("POST", "Patient", patient(identifier=[{"system": "urn:mrn", "value": "T1"}]),
+              full_url="urn:uuid:1", ifNoneExist="identifier=urn:mrn|T1"),
+        entry("POST", "Observation", observation("urn:uuid:1")),
+        entry("POST", "Observation", observation("Patient?identifier=urn:mrn|T1")),
+        entry("GET", f"Patient/{pid}"),
+        entry("DELETE", "Patient/fixed-id"),
+    ))
+    assert r.status_code == 200, r.text
+    out = r.json()["entry"]
+    assert out[0]["response"]["status"] == "200 OK" and out[0]["resource"]["id"] == pid
+    assert out[1]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+    assert out[2]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+    assert out[3]["resource"]["id"] == pid
+    assert out[4]["response"]["status"] == "204 No Content"
+    assert len(fhir.ids("Observation", {"patient": pid})) == 3
+
+
+@pytest.mark.parametrize("failing", ["invalid", "if-match", "dangling", "conditional"])
+def test_a_failing_entry_leaves_nothing_of_the_others(fhir: Fhir, db: Database,
+                                                      failing: str) -> None:
+    existing = fhir.create(patient("Before"))
+    before = stored_rows(db)
+    bad = {
+        "invalid": entry("POST", "Patient", patient(birthDate="1999-02-30")),
+        "if-match": entry("PUT", f"Patient/{existing['id']}", existing, ifMatch='W/"9"'),
+        "dangling": entry("POST", "Observation", observation("urn:uuid:nowhere")),
+        "conditional": entry("POST", "Observation", observation("Patient?family=nobody")),
+    }[failing]
+    r = fhir.post("", bundle(
+        "transaction",
+        entry("POST", "Patient", patient("One"), full_url=PATIENT_URN),
+        entry("POST", "Observation", observation(PATIENT_URN)),
+        entry("PUT", f"Patient/{existing['id']}", {**existing, "gender": "other"}),
+        entry("DELETE", f"Patient/{existing['id']}"),
+        bad,
+    ) if failing != "if-match" else bundle(
+        "transaction",
+        entry("POST", "Patient", patient("One"), full_url=PATIENT_URN),
+        entry("POST", "Observation", observation(PATIENT_URN)),
+        bad,
+    ))
+    assert 400 <= r.status_code < 500, r.text
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "Bundle.entry[" in outcome["issue"][0]["diagnostics"]
+    assert stored_rows(db) == before
+    assert fhir.get(f"Patient/{existing['id']}").json()["meta"]["versionId"] == "1"
+
+
+def test_batch_entries_succeed_or_fail_on_their_own(fhir: Fhir) -> None:
+    existing = fhir.create(patient("Batch"))
+    r = fhir.post("", bundle(
+        "batch",
+        entry("POST", "Patient", patient("Good")),
+        entry("POST", "Patient", patient(birthDate="2001-02-30")),
+        entry("GET", f"Patient/{existing['id']}"),
+        entry("GET", "Patient/missing"),
+        entry("GET", "Patient?family=batch"),
+        entry("DELETE", f"Patient/{existing['id']}"),
+    ))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses[0] == "201 Created"
+    assert statuses[1] == "422"
+    assert out["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert statuses[2] == "200 OK" and statuses[3] == "404"
+    assert out["entry"][4]["resource"]["type"] == "searchset"
+    assert statuses[5] == "204 No Content"
+    assert fhir.ids("Patient", {"family": "good"}) == [out["entry"][0]["resource"]["id"]]
+
+
+def test_bundle_limits_and_shape(fhir: Fhir, client: Any) -> None:
+    client.app.state.fhir_config = FhirConfig(max_bundle_entries=3)
+    big = bundle("batch", *[entry("POST", "Patient", patient()) for _ in range(4)])
+    r = fhir.post("", big)
+    assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
+    assert fhir.ids("Patient") == []
+    client.app.state.fhir_config = FhirConfig(max_body_bytes=2048)
+    r = fhir.post("", bundle("batch", entry("POST", "Patient", patient("x" * 4000))))
+    assert r.status_code == 413
+    client.app.state.fhir_config = FhirConfig()
+    assert fhir.post("", patient()).status_code == 400
+    assert fhir.post("", bundle("collection")).status_code == 400
+    assert fhir.post("", bundle("transaction", {"resource": patient()})).status_code == 400
+    assert fhir.post("", bundle("transaction", entry("POST", "Spaceship", {}))).status_code \
+        == 400
+    twice = bundle("transaction", entry("PUT", "Patient/a", patient(id="a")),
+                   entry("PUT", "Patient/a", patient(id="a")))
+    assert fhir.post("", twice).status_code == 400

@@ -1,0 +1,258 @@
+"""Search through the HTTP API: every parameter type, modifiers, prefixes, results control."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from sqlalchemy import event
+
+from careplane.platform.db import Database
+from tests.records.conftest import Fhir, observation, patient
+
+
+@pytest.fixture
+def people(fhir: Fhir) -> dict[str, str]:
+    """A small population: names, identifiers, birth dates, observations."""
+    ids = {}
+    ids["peter"] = fhir.create(patient("Chalmers", "Peter", birthDate="1974-12-25",
+                                       gender="male", active=True,
+                                       identifier=[{"system": "urn:mrn", "value": "1001"}],
+                                       telecom=[{"system": "email", "value": "p@x.org"}]))["id"]
+    ids["zoe"] = fhir.create(patient("Ødegård", "Zoë", birthDate="1990-06-01", gender="female",
+                                     identifier=[{"system": "urn:mrn", "value": "1002"},
+                                                 {"value": "NOSYS"}]))["id"]
+    ids["ann"] = fhir.create(patient("Chalmers-Smith", "Ann", birthDate="2001",
+                                     gender="female", active=False))["id"]
+    ids["nobody"] = fhir.create({"resourceType": "Patient"})["id"]
+    p, z = f"Patient/{ids['peter']}", f"Patient/{ids['zoe']}"
+    ids["hr1"] = fhir.create(observation(p, value=72, when="2024-03-01T10:00:00Z"))["id"]
+    ids["hr2"] = fhir.create(observation(p, value=95, when="2024-03-02T10:00:00Z"))["id"]
+    ids["glu"] = fhir.create(observation(z, code="2339-0", value=100, unit="mg/dL",
+                                         when="2024-01-15"))["id"]
+    ids["txt"] = fhir.create({"resourceType": "Observation", "status": "preliminary",
+                              "code": {"text": "Free text finding",
+                                       "coding": [{"system": "urn:local", "code": "X",
+                                                   "display": "Odd Finding"}]},
+                              "subject": {"reference": z}})["id"]
+    return ids
+
+
+def test_string_and_token_searches(fhir: Fhir, people: dict[str, str]) -> None:
+    ids = fhir.ids
+    peter, zoe, ann = people["peter"], people["zoe"], people["ann"]
+    assert set(ids("Patient", {"family": "chalmers"})) == {peter, ann}  # prefix, folded
+    assert ids("Patient", {"family": "odega"}) == [zoe]  # accents folded
+    assert ids("Patient", {"family:exact": "Chalmers"}) == [peter]
+    assert ids("Patient", {"family:exact": "chalmers"}) == []
+    assert ids("Patient", {"family:contains": "smit"}) == [ann]
+    assert ids("Patient", {"name": "zoe"}) == [zoe]
+    assert ids("Patient", {"family:missing": "true"}) == [people["nobody"]]
+    assert ids("Patient", {"identifier": "urn:mrn|1002"}) == [zoe]
+    assert ids("Patient", {"identifier": "1001"}) == [peter]
+    assert ids("Patient", {"identifier": "|NOSYS"}) == [zoe]
+    assert ids("Patient", {"identifier": "|1001"}) == []
+    assert set(ids("Patient", {"identifier": "urn:mrn|"})) == {peter, zoe}
+    assert set(ids("Patient", {"gender:not": "male"})) == {zoe, ann, people["nobody"]}
+    assert ids("Patient", {"active": "true"}) == [peter]
+    assert ids("Patient", {"email": "p@x.org"}) == [peter]
+    assert ids("Observation", {"code:text": "free"}) == [people["txt"]]
+    assert ids("Observation", {"code:text": "odd"}) == [people["txt"]]
+    # OR within a parameter, AND across repeats
+    assert set(ids("Patient", {"gender": "male,female"})) == {peter, zoe, ann}
+    assert ids("Patient", [("family", "chalmers"), ("gender", "female")]) == [ann]
+    assert ids("Patient", [("_id", f"{peter},{zoe}"), ("gender", "female")]) == [zoe]
+
+
+def test_date_prefixes(fhir: Fhir, people: dict[str, str]) -> None:
+    ids = fhir.ids
+    peter, zoe, ann = people["peter"], people["zoe"], people["ann"]
+    assert ids("Patient", {"birthdate": "1974-12-25"}) == [peter]
+    assert ids("Patient", {"birthdate": "1974"}) == [peter]
+    assert ids("Patient", {"birthdate": "eq1974-12"}) == [peter]
+    assert set(ids("Patient", {"birthdate": "gt1980"})) == {zoe, ann}
+    assert ids("Patient", {"birthdate": "lt1980"}) == [peter]
+    assert set(ids("Patient", {"birthdate": "ge1990-06-01"})) == {zoe, ann}
+    assert set(ids("Patient", {"birthdate": "le1990-06-01"})) == {peter, zoe}
+    assert ids("Patient", {"birthdate": "sa2000-12-31"}) == [ann]
+    assert ids("Patient", {"birthdate": "eb1975"}) == [peter]
+    assert set(ids("Patient", {"birthdate": "ne1974-12-25"})) == {zoe, ann}
+    assert ids("Patient", {"birthdate": "ap1974-12-20"}) == [peter]
+    # a day-precision value is not "equal" to a narrower search range
+    assert ids("Patient", {"birthdate": "2001-05-05"}) == []
+    assert ids("Patient", [("birthdate", "ge1974"), ("birthdate", "lt1991")]) == [peter, zoe]
+    assert set(ids("Observation", {"date": "2024-03"})) == {people["hr1"], people["hr2"]}
+    assert ids("Observation", {"date": "gt2024-03-01T12:00:00Z"}) == [people["hr2"]]
+    bad = fhir.get("Patient", params={"birthdate": "2021-02-30"})
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_quantities_numbers_and_units(fhir: Fhir, people: dict[str, str]) -> None:
+    ids = fhir.ids
+    hr1, hr2, glu = people["hr1"], people["hr2"], people["glu"]
+    assert ids("Observation", {"value-quantity": "72"}) == [hr1]
+    assert ids("Observation", {"value-quantity": "gt80"}) == [glu, hr2] or \
+        set(ids("Observation", {"value-quantity": "gt80"})) == {glu, hr2}
+    assert ids("Observation", {"value-quantity": "72|http://unitsofmeasure.org|/min"}) == [hr1]
+    # 100 mg/dL is 1 g/L: found through the canonical UCUM form
+    assert ids("Observation", {"value-quantity": "1|http://unitsofmeasure.org|g/L"}) == [glu]
+    assert ids("Observation", {"value-quantity": "1000|http://unitsofmeasure.org|mg/L"}) \
+        == [glu]
+    assert ids("Observation", {"value-quantity": "100||mg/dL"}) == [glu]
+    assert ids("Observation", {"value-quantity": "ap70"}) == [hr1]
+    assert ids("Observation", {"value-quantity": "le72"}) == [hr1]
+    bad = fhir.get("Observation", params={"value-quantity": "lots"})
+    assert bad.status_code == 400
+
+
+def test_references_chains_and_reverse_chains(fhir: Fhir, people: dict[str, str]) -> None:
+    ids = fhir.ids
+    peter, zoe = people["peter"], people["zoe"]
+    hr = {people["hr1"], people["hr2"]}
+    assert set(ids("Observation", {"subject": f"Patient/{peter}"})) == hr
+    assert set(ids("Observation", {"subject": peter})) == hr
+    assert set(ids("Observation", {"subject:Patient": peter})) == hr
+    assert set(ids("Observation", {"patient": peter})) == hr
+    assert set(ids("Observation", {"subject:missing": "false", "code": "8867-4"})) == hr
+    assert set(ids("Observation", {"subject.name": "peter"})) == hr
+    assert set(ids("Observation", {"subject:Patient.birthdate": "lt1980"})) == hr
+    assert set(ids("Observation", {"patient.identifier": "urn:mrn|1002"})) == \
+        {people["glu"], people["txt"]}
+    assert ids("Patient", {"_has:Observation:patient:code": "2339-0"}) == [zoe]
+    assert set(ids("Patient", {"_has:Observation:subject:status": "final"})) == {peter, zoe}
+    base = fhir.client.base_url
+    absolute = f"{base}/fhir/Patient/{peter}"
+    assert set(ids("Observation", {"subject": absolute})) == hr
+
+
+def test_results_control(fhir: Fhir, people: dict[str, str]) -> None:
+    count = fhir.search("Patient", {"_summary": "count"})
+    assert count["total"] == 4 and "entry" not in count
+    none = fhir.search("Patient", {"_total": "none"})
+    assert "total" not in none
+    names = fhir.search("Patient", {"_sort": "-birthdate", "birthdate:missing": "false"})
+    assert [e["resource"]["id"] for e in names["entry"]] == \
+        [people["ann"], people["zoe"], people["peter"]]
+    by_family = fhir.ids("Patient", {"_sort": "family,_id", "family:missing": "false"})
+    assert by_family == [people["peter"], people["ann"], people["zoe"]]
+    summary = fhir.search("Patient", {"_id": people["peter"], "_summary": "true"})
+    res = summary["entry"][0]["resource"]
+    assert "telecom" in res and "identifier" in res
+    assert any(t["code"] == "SUBSETTED" for t in res["meta"]["tag"])
+    elements = fhir.search("Patient", {"_id": people["peter"], "_elements": "gender"})
+    assert set(elements["entry"][0]["resource"]) == {"resourceType", "id", "meta", "gender"}
+    text = fhir.search("Observation", {"_id": people["hr1"], "_summary": "text"})
+    assert set(text["entry"][0]["resource"]) <= {"resourceType", "id", "meta", "text",
+                                                 "status", "code"}
+
+
+def test_include_and_revinclude(fhir: Fhir, people: dict[str, str]) -> None:
+    bundle = fhir.search("Observation", {"code": "8867-4", "_include": "Observation:subject"})
+    modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle["entry"]]
+    assert modes.count(("Observation", "match")) == 2
+    assert modes.count(("Patient", "include")) == 1  # deduplicated
+    assert bundle["total"] == 2
+    rev = fhir.search("Patient", {"_id": people["zoe"], "_revinclude": "Observation:subject"})
+    assert {e["resource"]["id"] for e in rev["entry"] if e["search"]["mode"] == "include"} == \
+        {people["glu"], people["txt"]}
+    # :iterate follows includes of includes: Observation -> Patient -> Observation
+    it = fhir.search("Observation", {"_id": people["hr1"], "_include": "Observation:subject",
+                                     "_revinclude:iterate": "Observation:subject"})
+    included = {e["resource"]["id"] for e in it["entry"] if e["search"]["mode"] == "include"}
+    assert included == {people["peter"], people["hr2"]}
+    wild = fhir.search("Observation", {"_id": people["hr1"], "_include": "Observation:*"})
+    assert people["peter"] in {e["resource"]["id"] for e in wild["entry"]}
+
+
+def test_compartment_search(fhir: Fhir, people: dict[str, str]) -> None:
+    zoe = people["zoe"]
+    assert set(fhir.ids(f"Patient/{zoe}/Observation")) == {people["glu"], people["txt"]}
+    assert fhir.ids(f"Patient/{zoe}/Observation", {"code": "2339-0"}) == [people["glu"]]
+    assert fhir.ids(f"Patient/{zoe}/Patient") == [zoe]
+    assert fhir.get(f"Patient/{zoe}/Organization").status_code == 400
+
+
+def test_unknown_parameters_lenient_or_strict(fhir: Fhir, people: dict[str, str]) -> None:
+    lenient = fhir.search("Patient", {"shoe-size": "9", "family": "chalmers"})
+    assert {e["resource"]["id"] for e in lenient["entry"]
+            if e["search"]["mode"] == "match"} == {people["peter"], people["ann"]}
+    (outcome,) = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert "shoe-size" in outcome["resource"]["issue"][0]["diagnostics"]
+    assert "shoe-size" not in lenient["link"][0]["url"]
+    strict = fhir.get("Patient", params={"shoe-size": "9"},
+                      headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400 and "shoe-size" in strict.text
+    modifier = fhir.get("Patient", params={"birthdate:exact": "2000"},
+                        headers={"Prefer": "handling=strict"})
+    assert modifier.status_code == 400
+
+
+def _next(bundle: dict[str, Any]) -> str | None:
+    return next((lk["url"] for lk in bundle["link"] if lk["relation"] == "next"), None)
+
+
+def _follow(fhir: Fhir, url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    return fhir.search(parts.path.removeprefix("/fhir/"), parse_qsl(parts.query))
+
+
+def test_paging_is_stable_under_writes(fhir: Fhir) -> None:
+    made = [fhir.create(patient("Page", f"P{i}"))["id"] for i in range(7)]
+    first = fhir.search("Patient", {"family": "page", "_count": "3"})
+    assert first["total"] == 7 and len(first["entry"]) == 3
+    seen = [e["resource"]["id"] for e in first["entry"]]
+    fhir.delete(f"Patient/{seen[0]}")          # a deletion before the cursor
+    fhir.create(patient("Page", "Late"))       # a new resource after it
+    url = _next(first)
+    while url:
+        page = _follow(fhir, url)
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        url = _next(page)
+    assert seen[:7] == made and len(seen) == 8  # nothing skipped, nothing repeated
+    sorted_page = fhir.search("Patient", {"family": "page", "_sort": "given", "_count": "2"})
+    second = _follow(fhir, _next(sorted_page) or "")
+    assert [lk["relation"] for lk in second["link"]].count("previous") == 1
+    bad = fhir.get("Patient", params={"_cursor": "%%%"})
+    assert bad.status_code == 400
+
+
+@contextmanager
+def counting(db_url: str, client: Any) -> Iterator[list[str]]:
+    engine = client.app.state.platform.db.engine
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # The event hub polls on its own thread; BEGIN is transaction control, not a query.
+        if "event_outbox" not in statement and statement.strip() != "BEGIN":
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_queries_per_search_do_not_grow_with_results(fhir: Fhir, db: Database,
+                                                     db_url: str) -> None:
+    pid = fhir.create(patient("Many", "Results"))["id"]
+    params = {"subject": f"Patient/{pid}", "_include": "Observation:subject",
+              "_revinclude": "Provenance:target", "_count": "100"}
+
+    def statements_for(n: int) -> tuple[int, int]:
+        for i in range(n):
+            fhir.create(observation(f"Patient/{pid}", value=i))
+        with counting(db_url, fhir.client) as seen:
+            bundle = fhir.search("Observation", params)
+        assert bundle["total"] >= n
+        return len(seen), len([s for s in seen if "fhir_" in s])
+
+    few_all, few = statements_for(2)
+    many_all, many = statements_for(25)
+    # the search itself: total, page, one per _include/_revinclude, whatever it finds
+    assert few == many == 4
+    # with authentication and the audit record around it
+    assert few_all <= 12 and many_all <= 12
