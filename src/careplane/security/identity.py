@@ -16,9 +16,11 @@ from careplane.security._principal import Principal, Role
 from careplane.security.models import AuthToken, Membership, Organisation, User
 from careplane.security.oauth_models import UserPatient
 from careplane.security.passwords import hash_password, verify_password
+from careplane.security.totp import is_enrolled, verify_code
 
-__all__ = ["IdentityError", "IssuedToken", "add_membership", "authenticate", "create_org",
-           "create_user", "issue_token", "link_patient", "resolve_token", "revoke_token"]
+__all__ = ["IdentityError", "IssuedToken", "LoginResult", "add_membership", "authenticate",
+           "check_login", "create_org", "create_user", "issue_token", "link_patient",
+           "resolve_token", "revoke_token"]
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
@@ -85,28 +87,50 @@ def add_membership(session: Session, user: User, org: Organisation, role: Role) 
     return membership
 
 
-def authenticate(session: Session, username: str, password: str) -> User | None:
-    """Check a password; counts failures and locks the account for a while after too many."""
+@dataclass(frozen=True)
+class LoginResult:
+    user: User | None
+    # The password was right but the account has a second factor and no code came with it.
+    needs_code: bool = False
+
+
+def check_login(session: Session, username: str, password: str, *, totp: str | None = None,
+                secret_key: str | None = None) -> LoginResult:
+    """Check a password (and the one-time code of an account that has one).
+
+    Failures are counted and lock the account for a while after too many; a missing code is
+    not a failure (a sign-in form asks for it next), a wrong one is.
+    """
     user = session.scalar(select(User).where(User.username == username))
     now = utcnow()
     if user is None or not user.is_active:
         verify_password(password, None)
-        return None
+        return LoginResult(None)
     if user.locked_until and user.locked_until > now:
         verify_password(password, None)
-        return None
+        return LoginResult(None)
     ok, new_hash = verify_password(password, user.password_hash)
+    if ok and is_enrolled(session, user.id):
+        if totp is None:
+            return LoginResult(None, needs_code=True)
+        ok = verify_code(session, user.id, totp, secret_key)
     if not ok:
         user.failed_logins += 1
         if user.failed_logins >= MAX_FAILED_LOGINS:
             user.locked_until = now + LOCKOUT
             user.failed_logins = 0
-        return None
+        return LoginResult(None)
     user.failed_logins = 0
     user.locked_until = None
     if new_hash:
         user.password_hash = new_hash
-    return user
+    return LoginResult(user)
+
+
+def authenticate(session: Session, username: str, password: str, *, totp: str | None = None,
+                 secret_key: str | None = None) -> User | None:
+    """The user if the password (and, where set up, the one-time code) is right."""
+    return check_login(session, username, password, totp=totp, secret_key=secret_key).user
 
 
 def issue_token(session: Session, user: User, *, kind: str, lifetime: timedelta,

@@ -9,7 +9,8 @@ import careplane.security.consent
 import careplane.security.grants
 import careplane.security.models
 import careplane.security.oauth_models
-import careplane.security.review  # noqa: F401 - registers the security domain's tables
+import careplane.security.review
+import careplane.security.totp  # noqa: F401 - registers the security domain's tables
 from careplane.security import Role
 from careplane.security.access_routes import router as access_router
 from careplane.security.audit_routes import api as audit_api

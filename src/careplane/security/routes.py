@@ -11,11 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from careplane.deps import PlatformDep
 from careplane.security._principal import Principal
 from careplane.security.deps import current_principal
-from careplane.security.identity import authenticate, issue_token, revoke_token
+from careplane.security.identity import check_login, issue_token, revoke_token
+from careplane.security.models import User
+from careplane.security.totp import TotpError, begin_enrolment, confirm_enrolment, disable
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -24,6 +27,8 @@ class TokenRequest(BaseModel):
     username: str = Field(min_length=1, max_length=150)
     password: str = Field(min_length=1, max_length=1000)
     organisation: str | None = Field(default=None, description="org id; default: the first")
+    totp: str | None = Field(default=None, pattern=r"^\d{6}$",
+                             description="the one-time code, for accounts with a second factor")
 
 
 class TokenResponse(BaseModel):
@@ -43,10 +48,15 @@ class Me(BaseModel):
 @router.post("/token", response_model=TokenResponse)
 def token(body: TokenRequest, platform: PlatformDep) -> TokenResponse:
     with platform.session() as session:
-        user = authenticate(session, body.username, body.password)
+        result = check_login(session, body.username, body.password, totp=body.totp,
+                             secret_key=platform.settings.secret_key)
+        user = result.user
         if user is None:
             session.commit()  # keep the failure count even though we refuse
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password")
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                                "a one-time code (totp) is required for this account"
+                                if result.needs_code else
+                                "wrong username, password or one-time code")
         if body.organisation and body.organisation not in {m.org_id for m in user.memberships}:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 "you are not a member of that organisation")
@@ -68,3 +78,57 @@ def me(principal: Annotated[Principal, Depends(current_principal)]) -> Me:
     return Me(user_id=principal.user_id, username=principal.username,
               display_name=principal.display_name, org_id=principal.org_id,
               roles=sorted(principal.roles))
+
+
+class TotpSetup(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class TotpCode(BaseModel):
+    code: str = Field(pattern=r"^\d{6}$")
+
+
+def _user(session: Session, principal: Principal) -> User:
+    user = session.get(User, principal.user_id)
+    if user is None or principal.client_id is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only a signed-in person has a second "
+                            "factor")
+    return user
+
+
+@router.post("/totp", response_model=TotpSetup)
+def totp_setup(principal: Annotated[Principal, Depends(current_principal)],
+               platform: PlatformDep) -> TotpSetup:
+    """Start setting up a second factor: scan the URI (a QR code) into an authenticator app,
+    then confirm with a code from it. The secret is shown only now."""
+    with platform.session() as session:
+        try:
+            secret, uri = begin_enrolment(session, _user(session, principal),
+                                          platform.settings.secret_key)
+        except TotpError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return TotpSetup(secret=secret, otpauth_uri=uri)
+
+
+@router.post("/totp/confirm", status_code=204)
+def totp_confirm(body: TotpCode, principal: Annotated[Principal, Depends(current_principal)],
+                 platform: PlatformDep) -> None:
+    """Switch the second factor on: from now on sign-in needs a code as well."""
+    with platform.session() as session:
+        try:
+            confirm_enrolment(session, _user(session, principal), body.code,
+                              platform.settings.secret_key)
+        except TotpError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+
+
+@router.post("/totp/disable", status_code=204)
+def totp_disable(body: TotpCode, principal: Annotated[Principal, Depends(current_principal)],
+                 platform: PlatformDep) -> None:
+    """Switch the second factor off (a current code proves it is really you)."""
+    with platform.session() as session:
+        try:
+            disable(session, _user(session, principal), body.code, platform.settings.secret_key)
+        except TotpError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
