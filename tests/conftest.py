@@ -100,6 +100,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def postgres_db_url(postgres_url: str) -> Iterator[str]:
+    """The PostgreSQL database alone, for tests that only make sense there; emptied afterwards."""
+    try:
+        yield postgres_url
+    finally:
+        _truncate_postgres(postgres_url)
+
+
+@pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     try:

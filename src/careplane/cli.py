@@ -194,6 +194,8 @@ def bootstrap_admin(session: Session, password: str) -> bool:
 
 
 def run_server(settings: Settings) -> None:
+    import signal
+
     import uvicorn
 
     from careplane.app import create_app
@@ -227,6 +229,9 @@ def run_server(settings: Settings) -> None:
                                  stale_after=settings.job_stale_after_seconds,
                                  log_level=settings.log_level, log_json=settings.log_json)
         executor.start()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that
+    # was installed before it; this one lets the cleanup below run instead of dying at once.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
                     proxy_headers=True, forwarded_allow_ips="127.0.0.1")

@@ -31,7 +31,9 @@ def _listen(base: str, headers: dict[str, str], want: int, out: list[dict[str, o
 
 
 @pytest.mark.slow
-def test_event_published_on_one_worker_reaches_both(postgres_url: str, tmp_path: Path) -> None:
+def test_event_published_on_one_worker_reaches_both(postgres_db_url: str,
+                                                    tmp_path: Path) -> None:
+    postgres_url = postgres_db_url
     db = Database(postgres_url)
     try:
         user = Accounts(db).make("nurse")

@@ -222,3 +222,48 @@ def test_killed_worker_job_is_recovered_and_resumes(db_url: str, db: Database,
         lines = [row.line for row in job_logs(session, job_id)]
     assert any("stopped responding" in line for line in lines)
     assert second.returncode == 0
+
+
+@pytest.mark.slow
+def test_server_stops_its_workers_and_orphans_stop_themselves(tmp_path: Path) -> None:
+    """SIGTERM stops the workers with the server; SIGKILL leaves none running for long."""
+    from tests.support.servers import running_server
+
+    db_url = f"sqlite:///{tmp_path / 'c.db'}"
+
+    def children(pid: int) -> set[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                             text=True).stdout
+        return {int(p) for p in out.split()}
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and stat.read_text().split()[2] != "Z"
+
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        with running_server(db_url, tmp_path / "data", job_workers=2) as base:
+            import httpx
+
+            assert httpx.get(f"{base}/healthz").status_code == 200
+            server_pid = int(next(
+                line.split()[0] for line in subprocess.run(
+                    ["ps", "-eo", "pid,args"], capture_output=True, text=True
+                ).stdout.splitlines() if f"--port {base.rsplit(':', 1)[1]}" in line))
+            deadline = time.monotonic() + 30
+            workers: set[int] = set()
+            while time.monotonic() < deadline:
+                workers = {p for p in children(server_pid)
+                           if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()}
+                if len(workers) == 2:
+                    break
+                time.sleep(0.2)
+            assert len(workers) == 2
+            os.kill(server_pid, how)
+            deadline = time.monotonic() + 20
+            while any(alive(p) for p in workers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not any(alive(p) for p in workers), how

@@ -29,7 +29,8 @@ def running_server(db_url: str, data_dir: Path, *, job_workers: int = 0,
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CAREPLANE_ENV": "test",
            "CAREPLANE_DATABASE_URL": db_url, "CAREPLANE_LOG_JSON": "false",
-           "CAREPLANE_EVENT_POLL_SECONDS": "0.1", **(extra_env or {})}
+           "CAREPLANE_EVENT_POLL_SECONDS": "0.1", "CAREPLANE_DICOM_PORT": str(free_port()),
+           **(extra_env or {})}
     log_path = data_dir / f"server-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:

@@ -33,8 +33,12 @@ class Worker:
     """Claims and runs jobs one at a time; one per process, so a crash takes only its own job."""
 
     def __init__(self, db: Database, *, worker_id: str | None = None, poll: float = 0.5,
-                 heartbeat: float = 5.0, stale_after: float = 30.0) -> None:
+                 heartbeat: float = 5.0, stale_after: float = 30.0,
+                 parent_pid: int | None = None) -> None:
         self.db = db
+        # A worker started by a server exits when that server is gone (even if it was killed
+        # outright), so no orphaned process keeps claiming jobs.
+        self.parent_pid = parent_pid
         self.worker_id = worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
         self.poll = poll
@@ -52,6 +56,9 @@ class Worker:
     def run_forever(self) -> None:
         log.info("worker %s started", self.worker_id)
         while not self.stopping.is_set():
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log.warning("worker %s: its server has gone; stopping", self.worker_id)
+                break
             try:
                 ran = self.run_once()
             except Exception:
@@ -206,7 +213,8 @@ class LocalExecutor:
         self._monitor: threading.Thread | None = None
 
     def _spawn(self) -> BaseProcess:
-        proc = self._ctx.Process(target=_worker_process, args=(self.db_url, dict(self.options)),
+        options = {**self.options, "parent_pid": os.getpid()}
+        proc = self._ctx.Process(target=_worker_process, args=(self.db_url, options),
                                  name="careplane-worker", daemon=False)
         proc.start()
         return proc
