@@ -49,8 +49,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCESSION_SYSTEM",
+    "CHEST_XRAY",
+    "DISEASES",
+    "GENOME_SEQUENCING",
+    "HEART_FAILURE_DRUGS",
+    "MAMMOGRAPHY",
     "MRN_SYSTEM",
     "ORGANIZATION_SYSTEM",
+    "PENICILLINS",
     "PRACTITIONER_SYSTEM",
     "generate",
     "load_bundles",
@@ -758,7 +764,7 @@ class _Patient:
             else:
                 sbp = min(sbp, 136.0)
             sbp += rng.gauss(0, 6)
-            dbp = 0.5 * sbp + 17 - max(0.0, age - 60) * 0.25 + rng.gauss(0, 4)
+            dbp = 0.45 * sbp + 21 - max(0.0, age - 60) * 0.25 + rng.gauss(0, 4)
         sbp_i = round(sbp)
         return sbp_i, min(round(dbp), sbp_i - 20)
 
