@@ -86,6 +86,8 @@ def test_jobs_pages(client: TestClient, db: Database, accounts: Accounts) -> Non
     _login(client, "mina", "mina-password")
     listing = client.get("/jobs")
     assert "Align tumour sample" in listing.text and "queued" in listing.text
+    assert '<strong data-testid="count-queued">1</strong>' in listing.text
+    assert '<strong data-testid="count-running">0</strong>' in listing.text
     detail = client.get(f"/jobs/{job}")
     assert detail.status_code == 200 and "Cancel" in detail.text
     assert client.get("/jobs/unknown").status_code == 404

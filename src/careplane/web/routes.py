@@ -118,7 +118,8 @@ def jobs_page(request: Request, platform: PlatformDep, principal: MaybePrincipal
         return _login_redirect(request)
     with platform.session() as session:
         rows = [JobOut.of(j) for j in jobs.list_jobs(session, org_id=principal.org_id)]
-    return render(request, "jobs.html", principal, jobs=rows, active="jobs")
+        counts = jobs.job_counts(session, org_id=principal.org_id)
+    return render(request, "jobs.html", principal, jobs=rows, counts=counts, active="jobs")
 
 
 @router.get("/jobs/_table", response_class=HTMLResponse)
@@ -127,7 +128,8 @@ def jobs_table(request: Request, platform: PlatformDep, principal: MaybePrincipa
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "authentication required")
     with platform.session() as session:
         rows = [JobOut.of(j) for j in jobs.list_jobs(session, org_id=principal.org_id)]
-    return render(request, "_jobs_table.html", principal, jobs=rows)
+        counts = jobs.job_counts(session, org_id=principal.org_id)
+    return render(request, "_jobs_table.html", principal, jobs=rows, counts=counts)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from careplane.platform.db import utcnow
@@ -77,6 +77,16 @@ def list_jobs(session: Session, *, org_id: str | None = None, status: str | None
     if before is not None:
         query = query.where(Job.created_at < before)
     return session.scalars(query).all()
+
+
+def job_counts(session: Session, *, org_id: str | None = None) -> dict[str, int]:
+    """How many jobs are in each state: the queue at a glance for the engineer on call."""
+    query = select(Job.status, func.count()).group_by(Job.status)
+    if org_id is not None:
+        query = query.where(Job.org_id == org_id)
+    counts = {status.value: 0 for status in JobStatus}
+    counts.update({status: int(n) for status, n in session.execute(query).all()})
+    return counts
 
 
 def job_logs(session: Session, job_id: str, *, after: int = 0, limit: int = 1000
