@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from careplane.genomics.cli import genomics_app
 from careplane.platform.db import Database, DatabaseUnavailable, MigrationRequired, migrate
 from careplane.platform.logs import configure_logging
+from careplane.records.synth import synth_command
 from careplane.security import Role
 from careplane.security.cli import audit_app, client_app
 from careplane.security.identity import IdentityError
@@ -39,6 +40,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(genomics_app, name="genomics")
 app.add_typer(audit_app, name="audit")
 app.add_typer(client_app, name="client")
+app.command("synth")(synth_command)
 
 log = logging.getLogger("careplane.cli")
 T = TypeVar("T")
