@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -8,85 +9,59 @@ from careplane.platform.db import Database
 from careplane.platform.events import Event, EventHub, PollingWakeup, publish
 
 
-async def _collect(hub: EventHub, n: int, *prefixes: str, org_id: str | None = None,
-                   since: int | None = None, timeout: float = 5.0) -> list[Event]:
-    got: list[Event] = []
-    async with hub.subscribe(*prefixes, org_id=org_id, since=since) as sub:
-        ready.set()
-        while len(got) < n:
-            got.append(await asyncio.wait_for(sub.queue.get(), timeout))
-    return got
+def _deliveries(db: Database, publish_after_subscribing: Callable[[], None], n: int,
+                *prefixes: str, org_id: str | None = None) -> list[Event]:
+    """Subscribe, run the publishing step, and return the first ``n`` events delivered."""
 
-
-ready = asyncio.Event()
-
-
-def _hub(db: Database) -> EventHub:
-    return EventHub(db, PollingWakeup(0.05))
-
-
-def test_committed_events_reach_subscribers(db: Database) -> None:
     async def scenario() -> list[Event]:
-        global ready
-        ready = asyncio.Event()
-        hub = _hub(db)
+        hub = EventHub(db, PollingWakeup(0.05))
         await hub.start()
         try:
-            task = asyncio.create_task(_collect(hub, 2, "records."))
-            await ready.wait()
-            with db.session() as session:
-                publish(session, "records.Patient.changed", {"id": "p1"}, org_id="o1")
-                publish(session, "imaging.study.changed", {"id": "s1"}, org_id="o1")
-                publish(session, "records.Observation.changed", {"id": "ob1"}, org_id="o1")
-            return await task
+            got: list[Event] = []
+            async with hub.subscribe(*prefixes, org_id=org_id) as sub:
+                await asyncio.to_thread(publish_after_subscribing)
+                while len(got) < n:
+                    got.append(await asyncio.wait_for(sub.queue.get(), 5.0))
+            return got
         finally:
             await hub.close()
 
-    events = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_committed_events_reach_subscribers(db: Database) -> None:
+    def changes() -> None:
+        with db.session() as session:
+            publish(session, "records.Patient.changed", {"id": "p1"}, org_id="o1")
+            publish(session, "imaging.study.changed", {"id": "s1"}, org_id="o1")
+            publish(session, "records.Observation.changed", {"id": "ob1"}, org_id="o1")
+
+    events = _deliveries(db, changes, 2, "records.")
     assert [e.topic for e in events] == ["records.Patient.changed", "records.Observation.changed"]
     assert events[0].payload == {"id": "p1"}
     assert events[0].id < events[1].id
 
 
 def test_rolled_back_events_are_never_delivered(db: Database) -> None:
-    async def scenario() -> list[Event]:
-        global ready
-        ready = asyncio.Event()
-        hub = _hub(db)
-        await hub.start()
-        try:
-            task = asyncio.create_task(_collect(hub, 1, "job."))
-            await ready.wait()
-            with pytest.raises(RuntimeError), db.session() as session:
-                publish(session, "job.succeeded", {"id": "lost"})
-                raise RuntimeError("the change failed")
-            with db.session() as session:
-                publish(session, "job.succeeded", {"id": "kept"})
-            return await task
-        finally:
-            await hub.close()
+    def changes() -> None:
+        with pytest.raises(RuntimeError), db.session() as session:
+            publish(session, "job.succeeded", {"id": "lost"})
+            raise RuntimeError("the change failed")
+        with db.session() as session:
+            publish(session, "job.succeeded", {"id": "kept"})
 
-    events = asyncio.run(scenario())
+    events = _deliveries(db, changes, 1, "job.")
     assert [e.payload["id"] for e in events] == ["kept"]
 
 
 def test_events_of_other_organisations_are_not_delivered(db: Database) -> None:
-    async def scenario() -> list[Event]:
-        global ready
-        ready = asyncio.Event()
-        hub = _hub(db)
-        await hub.start()
-        try:
-            task = asyncio.create_task(_collect(hub, 1, "job.", org_id="mine"))
-            await ready.wait()
-            with db.session() as session:
-                publish(session, "job.running", {"id": "theirs"}, org_id="theirs")
-                publish(session, "job.running", {"id": "mine"}, org_id="mine")
-            return await task
-        finally:
-            await hub.close()
+    def changes() -> None:
+        with db.session() as session:
+            publish(session, "job.running", {"id": "theirs"}, org_id="theirs")
+            publish(session, "job.running", {"id": "mine"}, org_id="mine")
 
-    assert [e.payload["id"] for e in asyncio.run(scenario())] == ["mine"]
+    events = _deliveries(db, changes, 1, "job.", org_id="mine")
+    assert [e.payload["id"] for e in events] == ["mine"]
 
 
 def test_reconnecting_subscriber_replays_missed_events(db: Database) -> None:
@@ -96,12 +71,11 @@ def test_reconnecting_subscriber_replays_missed_events(db: Database) -> None:
         publish(session, "job.queued", {"n": 3})
 
     async def scenario() -> list[Event]:
-        global ready
-        ready = asyncio.Event()
-        hub = _hub(db)
+        hub = EventHub(db, PollingWakeup(0.05))
         await hub.start()
         try:
-            return await _collect(hub, 2, "job.", since=first)
+            async with hub.subscribe("job.", since=first) as sub:
+                return [await asyncio.wait_for(sub.queue.get(), 5.0) for _ in range(2)]
         finally:
             await hub.close()
 
@@ -114,7 +88,7 @@ def test_late_commit_of_an_earlier_id_is_not_lost(db: Database) -> None:
 
     from careplane.platform.events._hub import Subscription
 
-    hub = _hub(db)
+    hub = EventHub(db, PollingWakeup(0.05))
     sub = Subscription(hub, ("job.",), None)
     hub._subscriptions.add(sub)
 
