@@ -39,7 +39,8 @@ def test_org_slug_is_validated_and_unique(db: Database) -> None:
             create_org(session, "good-slug", "Again")
 
 
-def test_password_is_stored_as_argon2id_and_checked(db: Database) -> None:
+def test_password_is_stored_as_argon2id_and_checked(db: Database,
+                                                    real_password_hashing: None) -> None:
     user_id = _user(db)
     with db.session() as session:
         user = session.get(User, user_id)
@@ -87,7 +88,8 @@ def test_successful_login_resets_the_failure_count(db: Database) -> None:
         assert user is not None and user.failed_logins == 0 and user.locked_until is None
 
 
-def test_outdated_hash_parameters_are_upgraded_on_login(db: Database) -> None:
+def test_outdated_hash_parameters_are_upgraded_on_login(db: Database,
+                                                       real_password_hashing: None) -> None:
     user_id = _user(db)
     weak = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8192, parallelism=1),))
     old_hash = weak.hash("correct-horse")
