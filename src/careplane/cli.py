@@ -195,7 +195,8 @@ def bootstrap_admin(session: Session, password: str) -> bool:
     return True
 
 
-def run_server(settings: Settings) -> None:
+def run_server(settings: Settings, *, tls_cert: Path | None = None,
+               tls_key: Path | None = None) -> None:
     import signal
 
     import uvicorn
@@ -208,6 +209,12 @@ def run_server(settings: Settings) -> None:
     except SettingsError as exc:
         fail(str(exc))
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    from careplane.security.transport import TlsError, tls_options
+
+    try:
+        tls = tls_options(tls_cert, tls_key)
+    except TlsError as exc:
+        fail(str(exc))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with database(settings) as db, db.session() as session:
         created = bootstrap_admin(session, settings.admin_password)
@@ -236,7 +243,7 @@ def run_server(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
-                    proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+                    proxy_headers=True, forwarded_allow_ips="127.0.0.1", **tls)
     finally:
         if dimse:
             dimse.stop()
@@ -250,11 +257,15 @@ def serve(host: Annotated[str | None, typer.Option()] = None,
           dicom_port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
           workers: Annotated[int | None, typer.Option(
               "--job-workers", min=0, max=64, help="local job worker processes")] = None,
+          tls_cert: Annotated[Path | None, typer.Option(
+              help="serve HTTPS with this certificate (PEM, chain included)")] = None,
+          tls_key: Annotated[Path | None, typer.Option(
+              help="the certificate's private key (PEM, unencrypted)")] = None,
           data_dir: DataDir = None) -> None:
     """Start the server (web UI, FHIR, DICOMweb, GA4GH and the job workers)."""
     settings = settings_from(data_dir, host=host, port=port, dicom_port=dicom_port,
                              job_workers=workers)
-    run_server(settings)
+    run_server(settings, tls_cert=tls_cert, tls_key=tls_key)
 
 
 @app.command()

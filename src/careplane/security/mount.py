@@ -19,6 +19,7 @@ from careplane.security.oauth import OAuthError
 from careplane.security.oauth_routes import router as oauth_router
 from careplane.security.ratelimit import RateLimitMiddleware
 from careplane.security.routes import router
+from careplane.security.transport import HstsMiddleware
 from careplane.web.nav import NavItem, register
 
 register(NavItem("audit", "Audit", "/admin/audit",
@@ -41,3 +42,4 @@ def mount(app: FastAPI) -> None:
     app.add_exception_handler(OAuthError, _oauth_error)
     # Innermost (appended, not inserted): the request-id and header middleware wrap a 429.
     app.user_middleware.append(Middleware(RateLimitMiddleware))
+    app.user_middleware.append(Middleware(HstsMiddleware))
