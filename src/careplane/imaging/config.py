@@ -37,6 +37,8 @@ class ImagingSettings(BaseSettings):
     ae_title: str = "CAREPLANE"
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.keep_first
     remote_aes: dict[str, RemoteAE] = Field(default_factory=dict)
+    # keep a FHIR ImagingStudy (and Patient) in the records for every study
+    fhir_link: bool = True
     # largest single instance accepted by STOW-RS or C-STORE
     max_instance_bytes: int = Field(default=4 * 1024**3, gt=0)
 

@@ -132,6 +132,11 @@ def _announce(session: Session) -> None:
             "num_series": study.num_series,
             "num_instances": study.num_instances,
         }, org_id=org_id)
+    if imaging_settings().fhir_link:
+        from careplane.imaging.fhir_link import queue_link
+
+        for org_id in sorted(set(pending.values())):
+            queue_link(session, org_id)
 
 
 def _forget(session: Session, transaction: SessionTransaction) -> None:

@@ -76,6 +76,7 @@ def upgrade() -> None:
     sa.Column('num_series', sa.Integer(), nullable=False),
     sa.Column('num_instances', sa.Integer(), nullable=False),
     sa.Column('fhir_imaging_study_id', sa.String(length=64), nullable=True),
+    sa.Column('fhir_synced_at', cdb.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created_at', cdb.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', cdb.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['org_id'], ['organisation.id'], name=op.f('fk_dicom_study_org_id_organisation'), ondelete='CASCADE'),
