@@ -3,10 +3,13 @@
 Why it exists: alignment is split into chunks of read pairs so that several processes align at
 once and a crashed run resumes from the last finished chunk. Each chunk is aligned in-process
 with minimap2 (through mappy, the ``sr`` preset that ``minimap2 -ax sr`` uses) and written as
-SAM text with the flags a variant caller depends on (paired, proper pair, mate strand); then
-``samtools fixmate -m`` fills in mate coordinates, template length and the mate-score tags that
-``samtools markdup`` needs, and ``samtools sort`` orders the chunk. BWA-MEM can be chosen
-instead when the ``bwa`` program is installed; its output goes through the same fixmate and sort.
+SAM text with everything a variant caller and ``samtools markdup`` depend on: paired and
+proper-pair flags, and the mate fields ``samtools fixmate -m`` would add (mate position and
+strand, template length, MQ, MC and the ``ms`` mate score). Writing those while both mates are
+at hand costs little, where a fixmate pass costs as much as the sort (the tests check that
+fixmate finds nothing to change). ``samtools sort`` then orders the chunk. BWA-MEM can be
+chosen instead when the ``bwa`` program is installed; its output goes through
+``samtools fixmate -m`` and the same sort.
 """
 
 from __future__ import annotations
@@ -72,48 +75,93 @@ def _proper(h1: Any, h2: Any) -> bool:
     return fwd.r_st <= rev.r_en and rev.r_en - fwd.r_st <= _MAX_FRAGMENT
 
 
-def _record(name: str, flag: int, seq: str, qual: str, hit: Any, mate: Any, rg: str) -> str:
-    if hit is None:
-        # Unmapped: placed at its mate's position (if any) so it sorts next to it.
-        rname, pos = (mate.ctg, mate.r_st + 1) if mate is not None else ("*", 0)
-        return f"{name}\t{flag | 0x4}\t{rname}\t{pos}\t0\t*\t*\t0\t0\t{seq}\t{qual}\tRG:Z:{rg}\n"
+# Qualities below 15 do not count towards the mate score (as samtools fixmate -m counts).
+_LOW_QUAL = bytes.maketrans(bytes(range(33, 48)), b"!" * 15)
+
+
+def _mate_score(qual: str) -> int:
+    """``ms``: the sum of the read's base qualities of 15 or more (what markdup compares)."""
+    raw = qual.encode("ascii").translate(_LOW_QUAL)
+    return sum(raw) - 33 * len(raw)
+
+
+def _oriented(seq: str, qual: str, hit: Any) -> tuple[str, str, str]:
+    """SEQ, QUAL and CIGAR as SAM stores them (reverse-complemented on the reverse strand)."""
     n = len(seq)
     if hit.strand < 0:
-        flag |= 0x10
         seq, qual = _revcomp(seq), qual[::-1]
         lead, trail = n - hit.q_en, hit.q_st
     else:
         lead, trail = hit.q_st, n - hit.q_en
     cigar = (f"{lead}S" if lead else "") + hit.cigar_str + (f"{trail}S" if trail else "")
-    return (f"{name}\t{flag}\t{hit.ctg}\t{hit.r_st + 1}\t{hit.mapq}\t{cigar}\t*\t0\t0\t"
-            f"{seq}\t{qual}\tNM:i:{hit.NM}\tMD:Z:{hit.MD}\tRG:Z:{rg}\n")
+    return seq, qual, cigar
+
+
+def _five_prime(hit: Any) -> int:
+    return int(hit.r_en if hit.strand < 0 else hit.r_st)
 
 
 def _pair_lines(aligner: mappy.Aligner, pair: ReadPair, rg: str) -> tuple[str, int]:
-    h1 = h2 = None
+    """Both mates as SAM lines, with the mate fields ``samtools fixmate -m`` would write.
+
+    Writing them here (RNEXT/PNEXT, TLEN between the 5' ends, mate strand and unmapped flags,
+    MQ, MC and the ``ms`` mate score) saves a fixmate pass over every chunk; the tests check
+    that fixmate run on this output changes nothing.
+    """
+    hits: list[Any] = [None, None]
     for hit in aligner.map(pair.seq1, pair.seq2, MD=True):
-        if not hit.is_primary:
-            continue
-        if hit.read_num == 1 and h1 is None:
-            h1 = hit
-        elif hit.read_num == 2 and h2 is None:
-            h2 = hit
-    proper = 0x2 if h1 is not None and h2 is not None and _proper(h1, h2) else 0
-    f1 = 0x1 | proper | 0x40 | (0x8 if h2 is None else 0) | (
-        0x20 if h2 is not None and h2.strand < 0 else 0)
-    f2 = 0x1 | proper | 0x80 | (0x8 if h1 is None else 0) | (
-        0x20 if h1 is not None and h1.strand < 0 else 0)
-    line1 = _record(pair.name, f1, pair.seq1, pair.qual1, h1, h2, rg)
-    line2 = _record(pair.name, f2, pair.seq2, pair.qual2, h2, h1, rg)
-    return line1 + line2, (h1 is not None) + (h2 is not None)
+        if hit.is_primary and hits[hit.read_num - 1] is None:
+            hits[hit.read_num - 1] = hit
+    reads = ((pair.seq1, pair.qual1), (pair.seq2, pair.qual2))
+    proper = 0x2 if hits[0] is not None and hits[1] is not None and _proper(*hits) else 0
+    places: list[tuple[str, int]] = []
+    for i in (0, 1):
+        own, mate = hits[i], hits[1 - i]
+        if own is not None:
+            places.append((own.ctg, own.r_st + 1))
+        elif mate is not None:  # unmapped: placed at its mate, so it sorts beside it
+            places.append((mate.ctg, mate.r_st + 1))
+        else:
+            places.append(("*", 0))
+    text = []
+    for i in (0, 1):
+        own, mate = hits[i], hits[1 - i]
+        seq, qual = reads[i]
+        flag = 0x1 | proper | (0x40 if i == 0 else 0x80)
+        if mate is None:
+            flag |= 0x8
+        elif mate.strand < 0:
+            flag |= 0x20
+        rname, pos = places[i]
+        mname, mpos = places[1 - i]
+        rnext = "=" if mname == rname and rname != "*" else mname
+        tags = [f"RG:Z:{rg}"]
+        if own is None:
+            flag |= 0x4
+            mapq, cigar, tlen = 0, "*", 0
+        else:
+            if own.strand < 0:
+                flag |= 0x10
+            seq, qual, cigar = _oriented(seq, qual, own)
+            mapq = own.mapq
+            tlen = (_five_prime(mate) - _five_prime(own)
+                    if mate is not None and mate.ctg == own.ctg else 0)
+            tags = [f"NM:i:{own.NM}", f"MD:Z:{own.MD}", *tags]
+        if mate is not None:
+            mate_seq, mate_qual = reads[1 - i]
+            tags += [f"MQ:i:{mate.mapq}",
+                     f"MC:Z:{_oriented(mate_seq, mate_qual, mate)[2]}"]
+        elif own is not None:
+            tags.append("MC:Z:*")  # fixmate names the unmapped mate's (absent) CIGAR
+        tags.append(f"ms:i:{_mate_score(reads[1 - i][1])}")
+        text.append(f"{pair.name}\t{flag}\t{rname}\t{pos}\t{mapq}\t{cigar}\t{rnext}\t{mpos}\t"
+                    f"{tlen}\t{seq}\t{qual}\t" + "\t".join(tags) + "\n")
+    return "".join(text), (hits[0] is not None) + (hits[1] is not None)
 
 
-def _fixmate_and_sort(sam: Path, out_bam: Path) -> None:
-    fixed = out_bam.with_suffix(".fixmate.bam")
-    pysam.samtools.fixmate("-m", "-u", str(sam), str(fixed), catch_stdout=False)
+def _sort(sam: Path, out_bam: Path) -> None:
     pysam.samtools.sort("-l", "1", "-m", "256M", "-T", str(out_bam.with_suffix(".tmp")),
-                        "-o", str(out_bam), str(fixed), catch_stdout=False)
-    fixed.unlink()
+                        "-o", str(out_bam), str(sam), catch_stdout=False)
     sam.unlink()
 
 
@@ -137,7 +185,12 @@ def align_chunk(index: str, contigs: Sequence[tuple[str, int]], pairs: Sequence[
         mapped = _bwa(fasta or index, pairs, sam, sample)
     else:
         raise ValueError(f"unknown aligner {aligner!r} (choose from {', '.join(ALIGNERS)})")
-    _fixmate_and_sort(sam, out)
+    if aligner == "bwa":  # BWA leaves the mate-score tags to fixmate
+        fixed = out.with_suffix(".fixmate.bam")
+        pysam.samtools.fixmate("-m", "-u", str(sam), str(fixed), catch_stdout=False)
+        sam.unlink()
+        sam = fixed
+    _sort(sam, out)
     return AlignStats(pairs=len(pairs), reads_mapped=mapped, bam=str(out))
 
 

@@ -118,6 +118,8 @@ def run_command(
     = None,
     min_qual: Annotated[float, typer.Option("--min-qual", min=0)] = 20.0,
     chunk_pairs: Annotated[int, typer.Option("--chunk-pairs", min=100)] = 50_000,
+    bam_level: Annotated[int, typer.Option("--bam-level", min=0, max=9,
+                                           help="BAM compression level")] = 1,
     keep_work: Annotated[bool, typer.Option("--keep-work", help="keep the work directory")]
     = False,
 ) -> None:
@@ -141,7 +143,7 @@ def run_command(
             reference=str(reference.resolve()),
             index_dir=str((index_dir or default_index_dir(reference)).resolve()),
             work_dir=str(state_dir / "work"), threads=threads, aligner=aligner,
-            min_qual=min_qual, chunk_pairs=chunk_pairs,
+            min_qual=min_qual, chunk_pairs=chunk_pairs, bam_level=bam_level,
             names={str(fastq[0].resolve()): str(fastq[0]), str(fastq[1].resolve()):
                    str(fastq[1]), str(reference.resolve()): str(reference)})
         args = {"spec": spec.to_dict(), "out_dir": str(out), "keep_work": keep_work}

@@ -21,7 +21,8 @@ from typing import BinaryIO
 __all__ = ["FastqError", "FastqReader", "ReadPair", "mate_name", "read_pairs"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_SEQ_OK = frozenset(b"ACGTNacgtnRYKMSWBDHVrykmswbdhv.")
+_SEQ_OK = b"ACGTNacgtnRYKMSWBDHVrykmswbdhv."
+_QUAL_OK = bytes(range(33, 127))
 
 
 class FastqError(ValueError):
@@ -51,7 +52,10 @@ class ReadPair:
 
 def mate_name(header: str) -> str:
     """The read name shared by both mates: the header's first word without ``/1`` or ``/2``."""
-    word = header.split(None, 1)[0] if header else ""
+    cut = header.find(" ")
+    word = header if cut < 0 else header[:cut]
+    if "\t" in word:
+        word = word.split("\t", 1)[0]
     if len(word) > 2 and word[-2] == "/" and word[-1] in "12":
         return word[:-2]
     return word
@@ -80,7 +84,13 @@ class _CountingReader(io.RawIOBase):
 
 
 class FastqReader:
-    """Iterates (header, sequence, quality) records of one FASTQ file, checking each one."""
+    """Iterates (header, sequence, quality) records of one FASTQ file, checking each one.
+
+    The file is read in large decompressed blocks and split into lines in C; each record then
+    costs a handful of bytes operations, so checking every read does not slow the pipeline.
+    """
+
+    _BLOCK = 1 << 22
 
     def __init__(self, source: str | Path | BinaryIO, name: str | None = None) -> None:
         if isinstance(source, (str, Path)):
@@ -97,9 +107,12 @@ class FastqReader:
         self._buffered = buffered
         magic = buffered.peek(2)[:2]
         self.compressed = magic == _GZIP_MAGIC
-        stream: BinaryIO = (gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-                            if self.compressed else buffered)
-        self._text = io.TextIOWrapper(stream, encoding="ascii", errors="strict", newline=None)
+        self._gzip = gzip.GzipFile(fileobj=buffered, mode="rb") if self.compressed else None
+        self._stream: BinaryIO = self._gzip if self._gzip is not None else buffered  # type: ignore[assignment]
+        self._lines: list[bytes] = []
+        self._next = 0
+        self._tail = b""
+        self._eof = False
         self.line = 0
         self.records = 0
 
@@ -109,7 +122,8 @@ class FastqReader:
 
     def close(self) -> None:
         # GzipFile leaves the file object it was given open: close the chain from both ends.
-        self._text.close()
+        if self._gzip is not None:
+            self._gzip.close()
         self._buffered.close()
         self._counter.close()
 
@@ -119,80 +133,133 @@ class FastqReader:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _readline(self) -> str:
+    def _fill(self) -> bool:
+        """Load the next block of lines; False at the end of the file."""
+        if self._eof:
+            return False
         try:
-            text = self._text.readline()
+            block = self._stream.read(self._BLOCK)
         except EOFError as exc:
-            raise FastqError(self.name, self.line + 1,
+            raise FastqError(self.name, self.line + len(self._lines) - self._next + 1,
                              "the gzip stream ends early (the file is truncated)") from exc
         except (OSError, zlib.error) as exc:
             raise FastqError(self.name, self.line + 1, f"cannot be decompressed ({exc})") from exc
-        except UnicodeDecodeError as exc:
-            raise FastqError(self.name, self.line + 1,
-                             "contains bytes that are not ASCII (not a FASTQ file?)") from exc
-        if text:
-            self.line += 1
-        return text
+        if not block:
+            self._eof = True
+            if self._tail:
+                self._lines, self._next, self._tail = [self._tail], 0, b""
+                return True
+            return False
+        text = self._tail + block
+        if b"\r" in text:
+            text = text.replace(b"\r\n", b"\n")
+        lines = text.split(b"\n")
+        self._tail = lines.pop()
+        self._lines, self._next = lines, 0
+        return True
+
+    def _readline(self) -> bytes | None:
+        if self._next >= len(self._lines) and not self._fill():
+            return None
+        if self._next >= len(self._lines):  # a block without a complete line
+            return self._readline()
+        line = self._lines[self._next]
+        self._next += 1
+        self.line += 1
+        return line
 
     def read(self) -> tuple[str, str, str] | None:
         """The next record, or None at a clean end of file."""
         header = self._readline()
-        while header in ("\n", "\r\n") and header:  # tolerate blank lines between records
+        while header is not None and not header:  # tolerate blank lines between records
             header = self._readline()
-        if not header:
+        if header is None:
             if self.records == 0:
                 raise FastqError(self.name, None, "is empty (no reads)")
             return None
         start = self.line
-        if not header.startswith("@"):
-            raise FastqError(self.name, start,
-                             f"a record must start with '@', found {header[:30].rstrip()!r}")
+        if not header.startswith(b"@"):
+            raise FastqError(self.name, start, "a record must start with '@', found "
+                             f"{header[:30].decode('latin-1')!r}")
         seq = self._readline()
         plus = self._readline()
         qual = self._readline()
-        if not qual:
+        if seq is None or plus is None or qual is None:
             raise FastqError(self.name, start,
                              "the last record is incomplete (the file is truncated)")
-        seq, plus, qual = seq.rstrip("\r\n"), plus.rstrip("\r\n"), qual.rstrip("\r\n")
-        if not plus.startswith("+"):
-            raise FastqError(self.name, start + 2,
-                             f"separator line must start with '+', found {plus[:30]!r}")
+        if not plus.startswith(b"+"):
+            raise FastqError(self.name, start + 2, "separator line must start with '+', found "
+                             f"{plus[:30].decode('latin-1')!r}")
         if not seq:
             raise FastqError(self.name, start + 1, "the sequence is empty")
-        if not _SEQ_OK.issuperset(seq.encode("ascii")):
-            bad = next(c for c in seq if ord(c) not in _SEQ_OK)
-            raise FastqError(self.name, start + 1, f"sequence contains {bad!r}")
+        bad = seq.translate(None, _SEQ_OK)
+        if bad:
+            raise FastqError(self.name, start + 1,
+                             f"sequence contains {bad[:1].decode('latin-1')!r}")
         if len(qual) != len(seq):
             raise FastqError(self.name, start + 3,
                              f"quality line is {len(qual)} characters, sequence is {len(seq)}")
-        if min(qual) < "!" or max(qual) > "~":
+        if qual.translate(None, _QUAL_OK):
             raise FastqError(self.name, start + 3, "quality line has characters outside '!'..'~'")
         self.records += 1
-        return header[1:].rstrip("\r\n"), seq, qual
+        try:
+            name = header[1:].decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise FastqError(self.name, start, "the read name is not ASCII") from exc
+        return name, seq.decode("ascii"), qual.decode("ascii")
+
+
+def _read_batch(reader: FastqReader, n: int) -> list[tuple[str, str, str]]:
+    """Up to ``n`` records: whole records inside the current block are checked in one tight
+    loop; anything unusual (a record across blocks, a blank line, an error) takes the careful
+    path of :meth:`FastqReader.read`, which gives the exact message and line."""
+    out: list[tuple[str, str, str]] = []
+    append = out.append
+    seq_ok, qual_ok = _SEQ_OK, _QUAL_OK
+    while len(out) < n:
+        lines, i = reader._lines, reader._next
+        whole = min((len(lines) - i) // 4, n - len(out))
+        stop = i + 4 * whole
+        start = i
+        while i < stop:
+            h, s, p, q = lines[i], lines[i + 1], lines[i + 2], lines[i + 3]
+            if (h[:1] != b"@" or p[:1] != b"+" or not s or len(s) != len(q)
+                    or s.translate(None, seq_ok) or q.translate(None, qual_ok)):
+                break
+            append((h[1:].decode("ascii", "replace"), s.decode("ascii"), q.decode("ascii")))
+            i += 4
+        reader._next = i
+        reader.line += i - start
+        reader.records += (i - start) // 4
+        if len(out) >= n:
+            break
+        record = reader.read()
+        if record is None:
+            break
+        append(record)
+    return out
 
 
 def read_pairs(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
                ) -> Iterator[list[ReadPair]]:
     """Yield lists of up to ``chunk_size`` mate pairs, read in lockstep from both files."""
-    chunk: list[ReadPair] = []
     while True:
-        a = r1.read()
-        b = r2.read()
-        if a is None and b is None:
-            break
-        if a is None or b is None:
-            short, other = (r1, r2) if a is None else (r2, r1)
+        a = _read_batch(r1, chunk_size)
+        b = _read_batch(r2, chunk_size)
+        if len(a) != len(b):
+            short, other = (r1, r2) if len(a) < len(b) else (r2, r1)
             raise FastqError(short.name, short.line,
                              f"ends after {short.records} reads but {other.name} has more: "
                              "the mates are out of step")
-        name1, name2 = mate_name(a[0]), mate_name(b[0])
-        if name1 != name2:
-            raise FastqError(r2.name, r2.line - 3,
-                             f"mate name {name2!r} does not match {name1!r} at {r1.name} line "
-                             f"{r1.line - 3}: the mates are out of step")
-        chunk.append(ReadPair(name1, a[1].upper(), a[2], b[1].upper(), b[2]))
-        if len(chunk) >= chunk_size:
-            yield chunk
-            chunk = []
-    if chunk:
+        if not a:
+            return
+        chunk: list[ReadPair] = []
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            name1, name2 = mate_name(x[0]), mate_name(y[0])
+            if name1 != name2:
+                back = 4 * (len(a) - k)  # exact unless blank lines were skipped
+                raise FastqError(r2.name, r2.line - back + 1,
+                                 f"mate name {name2!r} does not match {name1!r} at {r1.name} "
+                                 f"line {r1.line - back + 1}: the mates are out of step")
+            chunk.append(ReadPair(name1, x[1].upper(), x[2], y[1].upper(), y[2]))
         yield chunk
