@@ -137,19 +137,38 @@ def _entries(bundle: dict[str, Any], base: str) -> list[_Entry]:
 
 
 def rewrite_references(node: Any, resolve: Callable[[str], str | None]) -> Any:
-    """A copy of ``node`` with each ``reference`` string replaced where ``resolve`` says."""
+    """A copy of ``node`` with each ``reference`` string replaced where ``resolve`` says.
+
+    A Bundle carried as a resource (a document, a message) keeps its references untouched:
+    they point at its own entries, not at the transaction's.
+    """
     if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            if k == "reference" and isinstance(v, str):
-                new = resolve(v)
-                out[k] = new if new is not None else v
-            else:
-                out[k] = rewrite_references(v, resolve)
-        return out
-    if isinstance(node, list):
-        return [rewrite_references(v, resolve) for v in node]
+        if node.get("resourceType") == "Bundle":
+            return node
+        return _rewrite_dict(node, resolve)
     return node
+
+
+def _rewrite(node: Any, resolve: Callable[[str], str | None]) -> Any:
+    if isinstance(node, dict):
+        if node.get("resourceType") == "Bundle":
+            return node
+        return _rewrite_dict(node, resolve)
+    if isinstance(node, list):
+        return [_rewrite(v, resolve) for v in node]
+    return node
+
+
+def _rewrite_dict(node: dict[str, Any], resolve: Callable[[str], str | None]
+                  ) -> dict[str, Any]:
+    out = {}
+    for k, v in node.items():
+        if k == "reference" and isinstance(v, str):
+            new = resolve(v)
+            out[k] = new if new is not None else v
+        else:
+            out[k] = _rewrite(v, resolve)
+    return out
 
 
 def _matching(session: Session, principal: Principal, rtype: str,

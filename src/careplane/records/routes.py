@@ -14,6 +14,7 @@ the same treatment from :class:`FhirNotFound`, a middleware that acts on /fhir o
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from email.utils import format_datetime
@@ -55,9 +56,18 @@ _STATUS_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found
                  429: "throttled"}
 
 
+def dump_json(content: Any) -> bytes:
+    """orjson, or the standard library for integers beyond 64 bits (PostgreSQL's JSONB
+    writes a decimal such as 1e30 back as its integer digits)."""
+    try:
+        return orjson.dumps(content)
+    except TypeError:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def fhir_json(content: Any, status: int = 200, headers: dict[str, str] | None = None
               ) -> Response:
-    return Response(orjson.dumps(content), status, headers=headers, media_type=FHIR_JSON)
+    return Response(dump_json(content), status, headers=headers, media_type=FHIR_JSON)
 
 
 def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None

@@ -7,9 +7,14 @@ OperationOutcome issue naming the offending element as a FHIRPath (``Patient.nam
 so a client can point at it.
 
 R4 resource types that R4B dropped or rebuilt (EffectEvidenceSynthesis, the MedicinalProduct
-family, SubstanceSpecification...) have no model to check against: they get the structural
-checks only (a JSON object, a known type, a valid id), and the indexer still refuses values
-it cannot read, such as an impossible date.
+family, SubstanceSpecification, Evidence, EvidenceVariable) have no model to check against:
+they get the structural checks only (a JSON object, a known type, a valid id), and the indexer
+still refuses values it cannot read, such as an impossible date.
+
+One gap of the library is bridged: the JSON form of FHIR lets any primitive carry its id and
+extensions in a sibling ``_name`` object, but fhir.resources refuses ``_valueString`` and its
+kind inside ``Extension``. Such a key is accepted when it holds what the rule allows (an
+object, or for repeating elements an array of objects and nulls), and nothing else is waived.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ __all__ = ["check_id", "model_for", "validate_resource"]
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _MAX_ISSUES = 20
+# R4 types whose R4B model describes a different (rebuilt) resource.
+_REBUILT_IN_R4B = frozenset({"Evidence", "EvidenceVariable"})
 
 
 def check_id(value: Any, where: str = "id") -> str:
@@ -58,6 +65,18 @@ def _fhirpath(resource_type: str, loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _primitive_extension(data: Any, err: Any) -> bool:
+    """An ``extra_forbidden`` error on a well-formed ``_name`` primitive extension key."""
+    loc = tuple(err.get("loc", ()))
+    if err.get("type") != "extra_forbidden" or not loc or not isinstance(loc[-1], str) \
+            or not loc[-1].startswith("_"):
+        return False
+    value = err.get("input")
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, list) and all(v is None or isinstance(v, dict) for v in value)
+
+
 def resource_type_of(data: Any, expected: str | None = None) -> str:
     """The body's resourceType, checked: a JSON object naming an R4 type (and the one expected)."""
     if not isinstance(data, dict):
@@ -82,13 +101,16 @@ def validate_resource(data: Any, expected: str | None = None) -> str:
     if "id" in data:
         check_id(data["id"], f"{rtype}.id")
     model = model_for(rtype)
-    if model is None:
+    if model is None or rtype in _REBUILT_IN_R4B:
         return rtype
     try:
         model.model_validate(data)
     except ValidationError as exc:
+        errors = [e for e in exc.errors() if not _primitive_extension(data, e)]
+        if not errors:
+            return rtype
         issues = []
-        for err in exc.errors()[:_MAX_ISSUES]:
+        for err in errors[:_MAX_ISSUES]:
             path = _fhirpath(rtype, tuple(err.get("loc", ())))
             message = str(err.get("msg", "invalid")).split("\n")[0].strip()
             issues.append(Issue("invalid" if err.get("type") != "missing" else "required",

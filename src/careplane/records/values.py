@@ -102,21 +102,26 @@ def date_range(text: str) -> DateRange:
         start = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a real date: {exc}") from None
-    if m["f"]:
-        step = timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6))))
-        end = start + step
-    elif m["S"]:
-        end = start + timedelta(seconds=1)
-    elif m["M"]:
-        end = start + timedelta(minutes=1)
-    elif m["d"]:
-        end = start + timedelta(days=1) if start.date() < DATE_MAX.date() else DATE_MAX
-    elif m["m"]:
-        end = _add_months(start, 1)
-    else:
-        end = DATE_MAX if year == 9999 else start.replace(year=year + 1)
-    low = start.astimezone(UTC) if start.year > 1 else start.replace(tzinfo=UTC)
-    high = end.astimezone(UTC) if end.year < 9999 else end.replace(tzinfo=UTC)
+    try:
+        if m["f"]:
+            end = start + timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6))))
+        elif m["S"]:
+            end = start + timedelta(seconds=1)
+        elif m["M"]:
+            end = start + timedelta(minutes=1)
+        elif m["d"]:
+            end = start + timedelta(days=1)
+        elif m["m"]:
+            end = _add_months(start, 1)
+        else:
+            end = start.replace(year=year + 1)
+        high = end.astimezone(UTC)
+    except (OverflowError, ValueError):  # the interval runs past the last representable day
+        high = DATE_MAX
+    try:
+        low = start.astimezone(UTC)
+    except OverflowError:
+        low = DATE_MIN
     return DateRange(low, high)
 
 
