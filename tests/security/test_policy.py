@@ -218,3 +218,15 @@ def test_break_the_glass() -> None:
     assert not decide(urgent, Action.read, obs(org=ORG_B), facts=facts).allowed
     # Without anything to override, the glass stays whole: no flag.
     assert not decide(urgent, Action.read, obs()).break_glass
+
+
+def test_a_permit_without_a_named_recipient_opens_no_other_organisation() -> None:
+    blanket = ConsentRule(id="r3", consent_id="c3", patient_id="p1", decision="permit")
+    by_role = ConsentRule(id="r4", consent_id="c4", patient_id="p1", decision="permit",
+                          actor_roles=frozenset({"clinician"}))
+    for rule in (blanket, by_role):
+        decision = decide(who(Role.clinician, org=ORG_B), Action.read, obs(),
+                          facts=Facts(consents=(rule,)))
+        assert not decision.allowed and "another organisation" in decision.reason
+    assert decide(who(Role.clinician), Action.read, obs(), facts=Facts(consents=(blanket,))
+                  ).reason == "same organisation and role permits it"

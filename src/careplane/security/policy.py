@@ -323,7 +323,11 @@ def decide(principal: Principal, action: Action, target: Target, *,
     permit = next((c for c in consents if c.decision == "permit"), None)
     if target.org_id is not None and target.org_id != principal.org_id and grant is None:
         grant = _grant_for(principal, action, target, facts)
-        if grant is None and not (permit is not None and action in READS | {Action.export}):
+        # Only a permit that names the caller (their user or organisation) opens another
+        # organisation's record: "I agree to share" without a recipient opens nothing.
+        named = permit is not None and (principal.user_id in permit.actor_user_ids
+                                        or principal.org_id in permit.actor_org_ids)
+        if grant is None and not (named and action in READS | {Action.export}):
             return deny(f"{target.kind} belongs to another organisation and no grant or "
                         "consent covers you")
 
@@ -347,7 +351,7 @@ def decide(principal: Principal, action: Action, target: Target, *,
     if grant is not None:
         return Decision(True, f"granted by {grant.grantor_org_id} (grant {grant.id})",
                         purpose=purpose, grant_id=grant.id)
-    if permit is not None and target.org_id != principal.org_id:
+    if permit is not None and target.org_id is not None and target.org_id != principal.org_id:
         return Decision(True, f"the patient's consent {permit.consent_id} permits it",
                         purpose=purpose, consent_id=permit.consent_id)
     return Decision(True, "same organisation and role permits it", purpose=purpose)
