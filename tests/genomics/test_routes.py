@@ -85,6 +85,11 @@ def test_run_from_upload_to_published_outputs(
     assert any("call finished" in line["line"] for line in logs)
     qc = client.get(f"/api/genomics/runs/{run['id']}/qc", headers=nurse.headers)
     assert qc.status_code == 200 and qc.json()["sample"] == "NA-1"
+    # The calls went into the variant store, queryable by sample.
+    found = client.get("/api/genomics/variants", params={"sample_id": ids["sample_id"]},
+                       headers=nurse.headers).json()
+    assert found["total"] == qc.json()["variants"]["variants"] > 0
+    assert {v["run_id"] for v in found["variants"]} == {run["id"]}
 
     # Another organisation sees none of it.
     other = accounts.make("oscar", Role.clinician, org="org-b")

@@ -23,7 +23,7 @@ from typing import Any
 import mappy
 import pysam
 
-from careplane.genomics.fastq import ReadPair
+from careplane.genomics.fastq import ReadPair, unpack_pairs
 
 __all__ = ["ALIGNERS", "AlignStats", "align_chunk", "sam_header"]
 
@@ -109,7 +109,7 @@ def _pair_lines(aligner: mappy.Aligner, pair: ReadPair, rg: str) -> tuple[str, i
     that fixmate run on this output changes nothing.
     """
     hits: list[Any] = [None, None]
-    for hit in aligner.map(pair.seq1, pair.seq2, MD=True):
+    for hit in aligner.map(pair.seq1, pair.seq2):
         if hit.is_primary and hits[hit.read_num - 1] is None:
             hits[hit.read_num - 1] = hit
     reads = ((pair.seq1, pair.qual1), (pair.seq2, pair.qual2))
@@ -146,7 +146,7 @@ def _pair_lines(aligner: mappy.Aligner, pair: ReadPair, rg: str) -> tuple[str, i
             mapq = own.mapq
             tlen = (_five_prime(mate) - _five_prime(own)
                     if mate is not None and mate.ctg == own.ctg else 0)
-            tags = [f"NM:i:{own.NM}", f"MD:Z:{own.MD}", *tags]
+            tags = [f"NM:i:{own.NM}", *tags]
         if mate is not None:
             mate_seq, mate_qual = reads[1 - i]
             tags += [f"MQ:i:{mate.mapq}",
@@ -165,10 +165,13 @@ def _sort(sam: Path, out_bam: Path) -> None:
     sam.unlink()
 
 
-def align_chunk(index: str, contigs: Sequence[tuple[str, int]], pairs: Sequence[ReadPair],
-                out_bam: str, sample: str, aligner: str = "minimap2", fasta: str | None = None
-                ) -> AlignStats:
-    """Align ``pairs`` and write ``out_bam`` (mate-fixed, coordinate-sorted)."""
+def align_chunk(index: str, contigs: Sequence[tuple[str, int]],
+                pairs: Sequence[ReadPair] | bytes, out_bam: str, sample: str,
+                aligner: str = "minimap2", fasta: str | None = None) -> AlignStats:
+    """Align ``pairs`` (or a packed chunk of them) and write ``out_bam`` (mate fields set,
+    coordinate-sorted)."""
+    if isinstance(pairs, bytes):
+        pairs = unpack_pairs(pairs)
     out = Path(out_bam)
     sam = out.with_suffix(".sam")
     mapped = 0

@@ -4,8 +4,12 @@ Why it exists: ``bcftools mpileup | call`` is single-threaded, so on a whole gen
 slowest step; run per region (see :mod:`careplane.genomics.regions`) it uses every core. Each
 region's calls are written as BCF; the gather step concatenates them in reference order,
 normalises (split multi-allelic records, left-align and trim indels against the reference, as
-truth comparisons require), keeps calls with QUAL >= the threshold (without a filter, callers
-report many low-confidence false positives), and writes a bgzipped, tabix-indexed VCF.
+truth comparisons require), filters on QUAL >= the threshold (without a filter, callers report
+many low-confidence false positives) and writes a bgzipped, tabix-indexed VCF. The filter is a
+soft one, as bcftools and GATK conventionally apply it: calls below the threshold stay in the
+file with FILTER ``LowQual`` rather than PASS, so every consumer that honours FILTER (QC, the
+variant store, truth comparison) sees only the confident calls, and nothing is lost for a user
+who wants to look at the rest.
 
 bcftools runs in-process through pysam. ``pysam.bcftools`` only exists once imported by name.
 The reads carry proper mate fields (``samtools fixmate``), so mpileup keeps the pairs without
@@ -22,9 +26,10 @@ import pysam.bcftools  # the submodule is not loaded by `import pysam` alone
 
 from careplane.genomics.regions import Region
 
-__all__ = ["DEFAULT_MIN_QUAL", "call_region", "gather_calls"]
+__all__ = ["DEFAULT_MIN_QUAL", "LOW_QUAL", "call_region", "gather_calls"]
 
 DEFAULT_MIN_QUAL = 20.0
+LOW_QUAL = "LowQual"  # the FILTER of calls below the QUAL threshold
 
 
 def call_region(fasta: str, bam: str, region: Region | None, out_bcf: str) -> str:
@@ -62,7 +67,8 @@ def _gather(parts: Sequence[str], fasta: str, out_vcf_gz: str, min_qual: float) 
                               catch_stdout=False)
     pysam.bcftools.norm("--no-version", "-f", fasta, "-m", "-any", "-Ou", "-o", str(normed),
                         str(joined), catch_stdout=False)
-    pysam.bcftools.view("--no-version", "-i", f"QUAL>={min_qual:g}", "-Oz", "-o", str(out),
+    pysam.bcftools.filter("--no-version", "-s", LOW_QUAL, "-e", f"QUAL<{min_qual:g}",
+                          "-Oz", "-o", str(out),
                         str(normed), catch_stdout=False)
     pysam.tabix_index(str(out), preset="vcf", force=True)
     joined.unlink()

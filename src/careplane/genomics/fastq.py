@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["FastqError", "FastqReader", "ReadPair", "mate_name", "read_pairs"]
+__all__ = ["FastqError", "FastqReader", "ReadPair", "mate_name", "read_pair_chunks",
+           "read_pairs", "unpack_pairs"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _SEQ_OK = b"ACGTNacgtnRYKMSWBDHVrykmswbdhv."
@@ -209,11 +210,11 @@ class FastqReader:
         return name, seq.decode("ascii"), qual.decode("ascii")
 
 
-def _read_batch(reader: FastqReader, n: int) -> list[tuple[str, str, str]]:
+def _read_batch(reader: FastqReader, n: int) -> list[tuple[bytes, bytes, bytes]]:
     """Up to ``n`` records: whole records inside the current block are checked in one tight
     loop; anything unusual (a record across blocks, a blank line, an error) takes the careful
     path of :meth:`FastqReader.read`, which gives the exact message and line."""
-    out: list[tuple[str, str, str]] = []
+    out: list[tuple[bytes, bytes, bytes]] = []
     append = out.append
     seq_ok, qual_ok = _SEQ_OK, _QUAL_OK
     while len(out) < n:
@@ -226,7 +227,7 @@ def _read_batch(reader: FastqReader, n: int) -> list[tuple[str, str, str]]:
             if (h[:1] != b"@" or p[:1] != b"+" or not s or len(s) != len(q)
                     or s.translate(None, seq_ok) or q.translate(None, qual_ok)):
                 break
-            append((h[1:].decode("ascii", "replace"), s.decode("ascii"), q.decode("ascii")))
+            append((h[1:], s, q))
             i += 4
         reader._next = i
         reader.line += i - start
@@ -236,13 +237,26 @@ def _read_batch(reader: FastqReader, n: int) -> list[tuple[str, str, str]]:
         record = reader.read()
         if record is None:
             break
-        append(record)
+        append((record[0].encode("ascii"), record[1].encode("ascii"),
+                record[2].encode("ascii")))
     return out
 
 
-def read_pairs(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
-               ) -> Iterator[list[ReadPair]]:
-    """Yield lists of up to ``chunk_size`` mate pairs, read in lockstep from both files."""
+def _mate_name_bytes(header: bytes) -> bytes:
+    cut = header.find(b" ")
+    word = header if cut < 0 else header[:cut]
+    if b"\t" in word:
+        word = word.split(b"\t", 1)[0]
+    if len(word) > 2 and word[-2:] in (b"/1", b"/2"):
+        return word[:-2]
+    return word
+
+
+def read_pair_chunks(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
+                     ) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(pairs, payload)``: up to ``chunk_size`` mate pairs read in lockstep, packed as
+    ``name, seq1, qual1, seq2, qual2`` lines (cheap to hand to another process; see
+    :func:`unpack_pairs`)."""
     while True:
         a = _read_batch(r1, chunk_size)
         b = _read_batch(r2, chunk_size)
@@ -253,13 +267,30 @@ def read_pairs(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
                              "the mates are out of step")
         if not a:
             return
-        chunk: list[ReadPair] = []
-        for k, (x, y) in enumerate(zip(a, b, strict=True)):
-            name1, name2 = mate_name(x[0]), mate_name(y[0])
-            if name1 != name2:
+        parts: list[bytes] = []
+        extend = parts.extend
+        for k, ((h1, s1, q1), (h2, s2, q2)) in enumerate(zip(a, b, strict=True)):
+            name = _mate_name_bytes(h1)
+            if _mate_name_bytes(h2) != name:
                 back = 4 * (len(a) - k)  # exact unless blank lines were skipped
-                raise FastqError(r2.name, r2.line - back + 1,
-                                 f"mate name {name2!r} does not match {name1!r} at {r1.name} "
-                                 f"line {r1.line - back + 1}: the mates are out of step")
-            chunk.append(ReadPair(name1, x[1].upper(), x[2], y[1].upper(), y[2]))
-        yield chunk
+                raise FastqError(
+                    r2.name, r2.line - back + 1,
+                    f"mate name {_mate_name_bytes(h2).decode('ascii', 'replace')!r} does not "
+                    f"match {name.decode('ascii', 'replace')!r} at {r1.name} line "
+                    f"{r1.line - back + 1}: the mates are out of step")
+            extend((name, s1, q1, s2, q2))
+        yield len(a), b"\n".join(parts)
+
+
+def unpack_pairs(payload: bytes) -> list[ReadPair]:
+    """The pairs of a chunk made by :func:`read_pair_chunks` (bases upper-cased)."""
+    lines = payload.decode("ascii", "replace").split("\n")
+    return [ReadPair(lines[i], lines[i + 1].upper(), lines[i + 2], lines[i + 3].upper(),
+                     lines[i + 4]) for i in range(0, len(lines) - 4, 5)]
+
+
+def read_pairs(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
+               ) -> Iterator[list[ReadPair]]:
+    """Yield lists of up to ``chunk_size`` mate pairs, read in lockstep from both files."""
+    for _, payload in read_pair_chunks(r1, r2, chunk_size):
+        yield unpack_pairs(payload)

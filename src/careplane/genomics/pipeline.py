@@ -38,7 +38,7 @@ import pysam
 from careplane.genomics import qc
 from careplane.genomics.align import ALIGNERS, align_chunk
 from careplane.genomics.calling import DEFAULT_MIN_QUAL, call_region, gather_calls
-from careplane.genomics.fastq import FastqError, FastqReader, read_pairs
+from careplane.genomics.fastq import FastqError, FastqReader, read_pair_chunks
 from careplane.genomics.reference import Reference, ReferenceError, prepare_reference
 from careplane.genomics.regions import Region, split_regions
 
@@ -179,8 +179,9 @@ class _Run:
 
         try:
             with r1, r2:
-                for i, chunk in enumerate(read_pairs(r1, r2, spec.chunk_pairs)):
-                    pairs_seen += len(chunk)
+                for i, (count, chunk) in enumerate(read_pair_chunks(r1, r2,
+                                                                    spec.chunk_pairs)):
+                    pairs_seen += count
                     if str(i) not in done:
                         out = self.chunks_dir / f"chunk{i:06d}.bam"
                         pending[pool.submit(align_chunk, index, ref.contigs, chunk, str(out),

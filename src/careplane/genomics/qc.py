@@ -101,14 +101,18 @@ def alignment_qc(bam: str, genome_length: int) -> dict[str, Any]:
 
 
 def call_qc(vcf: str) -> dict[str, Any]:
-    """Counts by class and genotype, Ti/Tv of SNVs, het/hom ratio and QUAL/depth summaries."""
-    snv = indel = other = ti = tv = het = hom = 0
+    """Counts by class and genotype, Ti/Tv of SNVs, het/hom ratio and QUAL/depth summaries,
+    of the calls that passed the filters (the filtered ones are only counted)."""
+    snv = indel = other = ti = tv = het = hom = filtered = 0
     quals: list[float] = []
     depths: list[int] = []
     quiet = pysam.set_verbosity(0)  # bcftools' own header draws a harmless MQ type warning
     with pysam.VariantFile(vcf) as fh:
         sample = next(iter(fh.header.samples), None)
         for rec in fh:
+            if any(k != "PASS" for k in rec.filter):
+                filtered += 1
+                continue
             ref = (rec.ref or "").upper()
             alt = (rec.alts or ("",))[0].upper()
             if len(ref) == 1 and len(alt) == 1:
@@ -137,6 +141,7 @@ def call_qc(vcf: str) -> dict[str, Any]:
     pysam.set_verbosity(quiet)
     return {
         "variants": snv + indel + other,
+        "filtered": filtered,
         "snvs": snv,
         "indels": indel,
         "other": other,

@@ -28,6 +28,7 @@ from careplane.genomics.schemas import (
     SampleIn,
     SampleOut,
 )
+from careplane.genomics.variants import GeneError, VariantQuery, VariantStore
 from careplane.ops.schemas import JobLogOut
 from careplane.platform import jobs
 from careplane.platform.blobs import BlobTooLarge
@@ -289,3 +290,77 @@ def cancel_run(run_id: str, session: SessionDep, principal: PrincipalDep) -> Run
     except service.GenomicsError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return RunOut.of(service.run_view(session, view.run))
+
+
+# -- variants and genes ---------------------------------------------------------------------
+
+@router.get("/variants")
+def search_variants(
+    session: SessionDep, platform: PlatformDep, principal: PrincipalDep,
+    chrom: str | None = None,
+    start: Annotated[int | None, Query(ge=1)] = None,
+    end: Annotated[int | None, Query(ge=1)] = None,
+    gene: str | None = None,
+    sample_id: str | None = None,
+    genotype: Annotated[str | None, Query(pattern="^(het|hom)$",
+                                          description="het or hom (alternate)")] = None,
+    variant_class: Annotated[str | None, Query(alias="class", pattern="^(snv|indel|mnp)$")]
+    = None,
+    min_qual: Annotated[float | None, Query(ge=0)] = None,
+    max_cohort_af: Annotated[float | None, Query(ge=0, le=1)] = None,
+    include_filtered: Annotated[bool, Query(
+        description="also calls the pipeline filtered out (FILTER LowQual)")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Called variants of the organisation's samples, with cohort allele counts/frequency."""
+    patient_id = None
+    if sample_id is not None:
+        try:
+            patient_id = service.get_sample(session, sample_id,
+                                            org_id=principal.org_id).patient_id
+        except service.NotFound as exc:
+            raise _not_found(exc) from None
+    authorize(session, principal, Action.search,
+              _target("variant", principal, patient_id=patient_id))
+    if start is not None and end is not None and end < start:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end is before start")
+    query = VariantQuery(chrom=chrom, start=start, end=end, gene=gene, sample_id=sample_id,
+                         zygosity=genotype, variant_class=variant_class, min_qual=min_qual,
+                         max_cohort_af=max_cohort_af, include_filtered=include_filtered,
+                         limit=limit, offset=offset)
+    return VariantStore(platform.settings.data_dir).query(principal.org_id, query)
+
+
+@router.put("/genes", status_code=status.HTTP_200_OK)
+async def load_genes(request: Request, platform: PlatformDep,
+                     principal: PrincipalDep) -> dict[str, Any]:
+    """Replace the organisation's gene table with a BED body (chrom, start, end, name)."""
+    body = await request.body()
+
+    def store() -> dict[str, Any]:
+        with platform.session() as session:
+            authorize(session, principal, Action.update, _target("gene", principal))
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                "the BED file is not UTF-8 text") from None
+        try:
+            count = VariantStore(platform.settings.data_dir).load_genes(
+                text, org_id=principal.org_id)
+        except GeneError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"genes BED {exc}") from None
+        return {"genes": count}
+
+    if len(body) > 64 * 1024 * 1024:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "gene table over 64 MiB")
+    return await anyio.to_thread.run_sync(store)
+
+
+@router.get("/genes")
+def list_genes(session: SessionDep, platform: PlatformDep,
+               principal: PrincipalDep) -> list[dict[str, Any]]:
+    authorize(session, principal, Action.search, _target("gene", principal))
+    return VariantStore(platform.settings.data_dir).genes(principal.org_id)

@@ -53,6 +53,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     """Run a registered :class:`~careplane.genomics.models.GenomicsRun` and publish it."""
     from careplane.genomics import service
     from careplane.genomics.models import GenomicsFile, GenomicsReference, GenomicsSample
+    from careplane.genomics.variants import VariantStore
     from careplane.platform.blobs import LocalBlobStore
     from careplane.platform.db import Database
     from careplane.settings import load_settings
@@ -99,6 +100,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
                 service.publish_outputs(session, blobs, run_row, outputs.files(),
                                         outputs.qc_document)
             published = dict(run_row.outputs)
+            org_id, sample_id = run_row.org_id, run_row.sample_id
+        # The variant store is derived data: rebuilt from the published VCF if this fails.
+        VariantStore(settings.data_dir).load_vcf(outputs.vcf, org_id=org_id,
+                                                 sample_id=sample_id, sample_name=spec.sample,
+                                                 run_id=run_id)
         shutil.rmtree(work_dir, ignore_errors=True)
         return {"run_id": run_id, "outputs": published, "qc": _summary(outputs.qc_document)}
     finally:
