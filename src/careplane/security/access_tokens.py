@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from careplane.platform.db import new_id, utcnow
 from careplane.security._principal import Principal, Role
-from careplane.security.identity import hash_token
+from careplane.security.identity import hash_token, load_token, own_patient
 from careplane.security.keys import SIGNING_ALG, current_key, verification_key
 from careplane.security.models import AuthToken, User
 from careplane.security.oauth_models import UserPatient
@@ -137,25 +137,24 @@ def resolve_access_token(session: Session, token: str, *, issuer: str,
         if "aud" in str(exc):
             raise TokenRejected("the token is meant for another audience") from exc
         raise TokenRejected(f"the token's claims are not acceptable ({exc.error})") from exc
-    row = session.get(AuthToken, claims["jti"])
+    holder = load_token(session, AuthToken.id == str(claims["jti"]))
     now = utcnow()
-    if row is None or row.kind != "access" or row.user_id != claims["sub"]:
+    if holder is None or holder.kind != "access" or holder.user_id != claims["sub"]:
         raise TokenRejected("the token is unknown")
-    if row.revoked_at is not None:
+    if holder.revoked_at is not None:
         raise TokenRejected("the token has been revoked")
-    if row.expires_at <= now - timedelta(seconds=_LEEWAY):
+    if holder.expires_at <= now - timedelta(seconds=_LEEWAY):
         raise TokenRejected("the token has expired")
-    user = session.get(User, row.user_id)
-    if user is None or not user.is_active:
+    if not holder.is_active:
         raise TokenRejected("the token's account is disabled")
-    roles = frozenset(Role(m.role) for m in user.memberships if m.org_id == row.org_id)
-    if not roles:
+    if not holder.roles:
         raise TokenRejected("the token's account no longer belongs to its organisation")
     patient = claims.get("patient")
-    if Role.patient in roles:
+    if Role.patient in holder.roles:
         # A patient's own record is the link on their account, whatever the token claims.
-        patient = linked_patient(session, user.id, row.org_id)
-    return Principal(user_id=user.id, username=user.username, org_id=row.org_id, roles=roles,
-                     token_id=row.id, scopes=frozenset(row.scopes.split()),
-                     display_name=user.full_name or user.username, client_id=row.client_id,
+        patient = own_patient(session, holder.user_id, holder.org_id)
+    return Principal(user_id=holder.user_id, username=holder.username, org_id=holder.org_id,
+                     roles=holder.roles, token_id=holder.token_id,
+                     scopes=frozenset(holder.scopes.split()),
+                     display_name=holder.display_name, client_id=holder.client_id,
                      patient_id=patient if isinstance(patient, str) else None)

@@ -206,10 +206,19 @@ def list_consents(session: Session, org_id: str, patient_id: str | None = None
 
 def rules_for(session: Session, org_id: str | None, patient_id: str) -> tuple[ConsentRule, ...]:
     """Every enforced provision of this patient's active consents (one indexed query)."""
-    query = select(ConsentProvision).where(ConsentProvision.patient_id == patient_id)
+    p = ConsentProvision
+    query = select(p.id, p.consent_id, p.patient_id, p.decision, p.parent_id, p.depth,
+                   p.actor_user_ids, p.actor_org_ids, p.actor_roles, p.purposes,
+                   p.data_classes, p.actions, p.start, p.end).where(p.patient_id == patient_id)
     if org_id is not None:
-        query = query.where(ConsentProvision.org_id == org_id)
-    return tuple(row.as_rule() for row in session.scalars(query))
+        query = query.where(p.org_id == org_id)
+    # Plain rows, not ORM objects: this runs on every request that touches a patient.
+    return tuple(ConsentRule(
+        id=r[0], consent_id=r[1], patient_id=r[2], decision=r[3], parent_id=r[4], depth=r[5],
+        actor_user_ids=frozenset(r[6]), actor_org_ids=frozenset(r[7]),
+        actor_roles=frozenset(r[8]), purposes=frozenset(r[9]), data_classes=frozenset(r[10]),
+        actions=frozenset(Action(a) for a in r[11]), start=r[12], end=r[13])
+        for r in session.execute(query))
 
 
 # --- FHIR R4 Consent ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -113,8 +113,9 @@ def authenticate_request(request: Request, platform: PlatformDep,
     return _break_glass(request, principal)
 
 
-def current_principal(
+async def current_principal(
         principal: Annotated[Principal | None, Depends(authenticate_request)]) -> Principal:
+    # async: no I/O here, so FastAPI need not hop to a worker thread to run it
     if principal is None:
         raise _unauthorised("authentication required")
     return principal
@@ -123,10 +124,10 @@ def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-def require_roles(*roles: Role) -> Callable[[Principal], Principal]:
+def require_roles(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that admits only principals holding one of ``roles``."""
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if not principal.has(*roles):
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"requires one of the roles: {', '.join(roles)}")

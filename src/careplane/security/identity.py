@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from careplane.platform.db import utcnow
@@ -152,27 +152,73 @@ def issue_token(session: Session, user: User, *, kind: str, lifetime: timedelta,
     return IssuedToken(token=token, token_id=row.id, expires_at=row.expires_at)
 
 
+@dataclass(frozen=True)
+class TokenHolder:
+    """A token row with its user and the user's roles in the token's organisation."""
+
+    token_id: str
+    kind: str
+    org_id: str
+    scopes: str
+    client_id: str | None
+    expires_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    user_id: str
+    username: str
+    display_name: str
+    is_active: bool
+    roles: frozenset[Role]
+
+
+def load_token(session: Session, condition: ColumnElement[bool]) -> TokenHolder | None:
+    """One round trip for everything authentication needs to know about a token."""
+    rows = session.execute(
+        select(AuthToken.id, AuthToken.kind, AuthToken.org_id, AuthToken.scopes,
+               AuthToken.client_id, AuthToken.expires_at, AuthToken.revoked_at,
+               AuthToken.last_used_at, User.id, User.username, User.full_name,
+               User.is_active, Membership.role)
+        .join(User, User.id == AuthToken.user_id)
+        .outerjoin(Membership, (Membership.user_id == AuthToken.user_id)
+                   & (Membership.org_id == AuthToken.org_id))
+        .where(condition)).all()
+    if not rows:
+        return None
+    first = rows[0]
+    return TokenHolder(
+        token_id=first[0], kind=first[1], org_id=first[2], scopes=first[3],
+        client_id=first[4], expires_at=first[5], revoked_at=first[6], last_used_at=first[7],
+        user_id=first[8], username=first[9], display_name=first[10] or first[9],
+        is_active=first[11], roles=frozenset(Role(r[12]) for r in rows if r[12] is not None))
+
+
+def touch(session: Session, holder: TokenHolder, now: datetime) -> None:
+    """Record use, at most once a minute (a write on every request would cost more)."""
+    if holder.last_used_at is None or now - holder.last_used_at > timedelta(minutes=1):
+        session.execute(update(AuthToken).where(AuthToken.id == holder.token_id)
+                        .values(last_used_at=now))
+
+
+def own_patient(session: Session, user_id: str, org_id: str) -> str | None:
+    return session.scalar(select(UserPatient.patient_id).where(
+        UserPatient.user_id == user_id, UserPatient.org_id == org_id))
+
+
 def resolve_token(session: Session, token: str, *, kind: str) -> Principal | None:
     """The principal a presented token stands for, or None if unknown, expired or revoked."""
-    row = session.scalar(select(AuthToken).where(AuthToken.token_hash == hash_token(token)))
+    holder = load_token(session, AuthToken.token_hash == hash_token(token))
     now = utcnow()
-    if row is None or row.kind != kind or row.revoked_at or row.expires_at <= now:
+    if holder is None or holder.kind != kind or holder.revoked_at or holder.expires_at <= now:
         return None
-    user = session.get(User, row.user_id)
-    if user is None or not user.is_active:
+    if not holder.is_active or not holder.roles:
         return None
-    roles = frozenset(Role(m.role) for m in user.memberships if m.org_id == row.org_id)
-    if not roles:
-        return None
-    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
-        row.last_used_at = now
-    patient_id = None
-    if Role.patient in roles:
-        patient_id = session.scalar(select(UserPatient.patient_id).where(
-            UserPatient.user_id == user.id, UserPatient.org_id == row.org_id))
-    return Principal(user_id=user.id, username=user.username, org_id=row.org_id, roles=roles,
-                     token_id=row.id, scopes=frozenset(row.scopes.split()),
-                     display_name=user.full_name or user.username, client_id=row.client_id,
+    touch(session, holder, now)
+    patient_id = own_patient(session, holder.user_id, holder.org_id) \
+        if Role.patient in holder.roles else None
+    return Principal(user_id=holder.user_id, username=holder.username, org_id=holder.org_id,
+                     roles=holder.roles, token_id=holder.token_id,
+                     scopes=frozenset(holder.scopes.split()),
+                     display_name=holder.display_name, client_id=holder.client_id,
                      patient_id=patient_id)
 
 

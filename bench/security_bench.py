@@ -1,0 +1,246 @@
+"""Security overhead per request: authentication + access policy + audit record.
+
+Two views of the same cost, on a database of its own (embedded SQLite by default, PostgreSQL
+with ``--database-url``):
+
+* **in process** — the security work a protected handler does, timed without HTTP: resolve the
+  bearer token (an opaque careplane token, or a signed JWT access token from the built-in
+  OAuth2 server), then ``guard.authorize`` (load the patient's consents, decide, append the
+  hash-chained audit record) and commit; each piece also alone;
+* **over HTTP** — the same handler reached through FastAPI (TestClient, in process), compared
+  with a bare handler that does nothing: the difference is what security adds to a request.
+
+Requests are interleaved (bare, opaque, JWT, bare, ...) so the shared machine's noise falls on
+all alike; figures are p50 and p95 in milliseconds.
+
+    .venv/bin/python bench/security_bench.py --requests 2000 --update-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from careplane.deps import SessionDep  # noqa: E402
+from careplane.platform.blobs import LocalBlobStore  # noqa: E402
+from careplane.platform.context import Platform  # noqa: E402
+from careplane.platform.db import Database, migrate  # noqa: E402
+from careplane.platform.events import EventHub, PollingWakeup  # noqa: E402
+from careplane.security import Role  # noqa: E402
+from careplane.security.access_tokens import issue_access_token, resolve_access_token  # noqa: E402
+from careplane.security.consent import Provision, record_consent  # noqa: E402
+from careplane.security.deps import PrincipalDep  # noqa: E402
+from careplane.security.guard import authorize  # noqa: E402
+from careplane.security.identity import (  # noqa: E402
+    create_org,
+    create_user,
+    issue_token,
+    resolve_token,
+)
+from careplane.security.policy import Action, Facts, Target, decide  # noqa: E402
+from careplane.settings import Settings  # noqa: E402
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- security-bench:start -->", "<!-- security-bench:end -->"
+ISSUER = "http://testserver"
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    return {"p50": _pct(samples, 0.50), "p95": _pct(samples, 0.95),
+            "mean": statistics.fmean(samples) * 1000}
+
+
+def _time(func: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        func()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def setup(db_url: str, data_dir: Path) -> dict[str, Any]:
+    db = Database(db_url)
+    migrate(db)
+    settings = Settings(env="test", data_dir=data_dir, database_url=db_url, job_workers=0)
+    with db.session() as session:
+        org = create_org(session, f"bench-{os.getpid()}", "Bench Hospital")
+        user = create_user(session, f"bench-nurse-{os.getpid()}", "bench-password-1",
+                           org=org, roles=[Role.clinician])
+        opaque = issue_token(session, user, kind="bearer", lifetime=timedelta(hours=2)).token
+        jwt = issue_access_token(session, settings.secret_key, issuer=ISSUER, user_id=user.id,
+                                 org_id=org.id, client_id="bench", scope="user/*.cruds",
+                                 lifetime=timedelta(hours=2)).token
+        # A consent that does not refuse this nurse, so the policy has provisions to weigh.
+        record_consent(session, org_id=org.id, patient_id="bench-patient",
+                       provision=Provision("permit", exceptions=[
+                           Provision("deny", purposes=["HRESCH"])]))
+        org_id = org.id
+    return {"db": db, "settings": settings, "org_id": org_id, "opaque": opaque, "jwt": jwt}
+
+
+def in_process(ctx: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
+    db: Database = ctx["db"]
+    target = Target("records:Observation", ctx["org_id"], id="obs-1", patient_id="bench-patient")
+    with db.session() as session:
+        principal = resolve_token(session, ctx["opaque"], kind="bearer")
+    assert principal is not None
+
+    def opaque() -> None:
+        with db.session() as session:
+            resolve_token(session, ctx["opaque"], kind="bearer")
+
+    def jwt() -> None:
+        with db.session() as session:
+            resolve_access_token(session, ctx["jwt"], issuer=ISSUER)
+
+    def policy() -> None:
+        decide(principal, Action.read, target, facts=Facts())
+
+    def guard() -> None:
+        with db.session() as session:
+            authorize(session, principal, Action.read, target)
+
+    def whole_opaque() -> None:
+        with db.session() as session:
+            who = resolve_token(session, ctx["opaque"], kind="bearer")
+        assert who is not None
+        with db.session() as session:
+            authorize(session, who, Action.read, target)
+
+    def whole_jwt() -> None:
+        with db.session() as session:
+            who = resolve_access_token(session, ctx["jwt"], issuer=ISSUER)
+        with db.session() as session:
+            authorize(session, who, Action.read, target)
+
+    runs: dict[str, list[float]] = {k: [] for k in (
+        "opaque token", "JWT access token", "policy decision alone",
+        "guard (consents + decision + audit + commit)", "whole: opaque + guard",
+        "whole: JWT + guard")}
+    funcs = [opaque, jwt, policy, guard, whole_opaque, whole_jwt]
+    for _ in range(5):  # warm caches, the key set, the connection pool
+        for func in funcs:
+            func()
+    for _ in range(n):
+        for name, func in zip(runs, funcs, strict=True):
+            runs[name].extend(_time(func, 1))
+    return {name: _summary(samples) for name, samples in runs.items()}
+
+
+def over_http(ctx: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
+    settings: Settings = ctx["settings"]
+    db: Database = ctx["db"]
+    app = FastAPI()
+    app.state.platform = Platform(settings=settings, db=db,
+                                  blobs=LocalBlobStore(settings.blob_dir),
+                                  events=EventHub(db, PollingWakeup(1.0)))
+
+    @app.get("/bare")
+    def bare() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/secured/{oid}")
+    def secured(oid: str, principal: PrincipalDep, session: SessionDep) -> dict[str, bool]:
+        authorize(session, principal, Action.read,
+                  Target("records:Observation", principal.org_id, id=oid,
+                         patient_id="bench-patient"))
+        return {"ok": True}
+
+    client = TestClient(app)
+    opaque = {"Authorization": f"Bearer {ctx['opaque']}"}
+    jwt = {"Authorization": f"Bearer {ctx['jwt']}"}
+    calls = {"bare handler": lambda: client.get("/bare"),
+             "opaque token + guard": lambda: client.get("/secured/o1", headers=opaque),
+             "JWT + guard": lambda: client.get("/secured/o1", headers=jwt)}
+    for call in calls.values():
+        for _ in range(20):
+            assert call().status_code == 200
+    runs: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(n):
+        for name, call in calls.items():
+            runs[name].extend(_time(call, 1))
+    out = {name: _summary(samples) for name, samples in runs.items()}
+    for name in ("opaque token + guard", "JWT + guard"):
+        paired = [s - b for s, b in zip(runs[name], runs["bare handler"], strict=True)]
+        out[f"added by security ({name})"] = _summary(paired)
+    return out
+
+
+def _line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def update_docs(results: dict[str, Any], args: argparse.Namespace) -> None:
+    backend = "PostgreSQL" if args.database_url else "embedded SQLite (WAL)"
+    lines = [START, "## Security: authentication + policy + audit per request", "",
+             f"{args.requests} interleaved requests per contender on {backend}, on the shared "
+             f"{os.cpu_count()}-core machine (Python {platform.python_version()}); milliseconds. "
+             "Each protected request resolves its token, loads the patient's consent "
+             "provisions, decides, and appends one hash-chained audit record in its "
+             "transaction.", "",
+             "| in process | p50 | p95 |", "|---|---|---|"]
+    for name, s in results["in_process"].items():
+        lines.append(_line([name, f"{s['p50']:.3f}", f"{s['p95']:.3f}"]))
+    lines += ["", "| over HTTP (FastAPI TestClient) | p50 | p95 |", "|---|---|---|"]
+    for name, s in results["http"].items():
+        lines.append(_line([name, f"{s['p50']:.3f}", f"{s['p95']:.3f}"]))
+    lines += ["", "Command: `.venv/bin/python bench/security_bench.py --requests "
+              f"{args.requests}{' --database-url ...' if args.database_url else ''} "
+              "--update-docs`", END]
+    section = "\n".join(lines) + "\n"
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1].lstrip("\n")
+        text = before + section + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    DOCS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: a fresh SQLite file)")
+    parser.add_argument("--update-docs", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        db_url = args.database_url or f"sqlite:///{data_dir / 'bench.db'}"
+        ctx = setup(db_url, data_dir)
+        try:
+            results = {"in_process": in_process(ctx, args.requests),
+                       "http": over_http(ctx, args.requests)}
+        finally:
+            ctx["db"].dispose()
+    for section, rows in results.items():
+        print(f"\n{section}")
+        for name, s in rows.items():
+            print(f"  {name:<50} p50 {s['p50']:7.3f} ms   p95 {s['p95']:7.3f} ms")
+    if args.update_docs:
+        update_docs(results, args)
+
+
+if __name__ == "__main__":
+    main()
