@@ -94,3 +94,21 @@ def test_rehashed_record_still_breaks_the_following_link(db: Database) -> None:
     with db.session() as session:
         result = verify(session)
     assert result.first_bad_id == ids[2]
+
+
+def test_expected_head_must_still_be_there_unchanged(db: Database) -> None:
+    ids = _fill(db)
+    with db.session() as session:
+        result = verify(session)
+    assert result.head_id == ids[-1] and result.head_hash
+    head = (result.head_id, result.head_hash)
+    _fill(db, 2)
+    with db.session() as session:
+        assert verify(session, expect=head).ok
+        assert not verify(session, expect=(ids[-1], "0" * 64)).ok
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_record WHERE id >= :i"), {"i": ids[-1]})
+    with db.session() as session:
+        assert verify(session).ok
+        cut = verify(session, expect=head)
+    assert not cut.ok and cut.first_bad_id == ids[-1]

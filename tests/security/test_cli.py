@@ -34,7 +34,32 @@ def test_audit_verify_passes_on_an_intact_chain(db: Database, cli_env: None) -> 
     result = CliRunner().invoke(app, ["audit", "verify"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
+    head = out.pop("head")
     assert out == {"ok": True, "checked": 4, "first_bad_id": None, "problem": ""}
+    assert head.split(":")[0] == str(max(_ids(db)))
+    again = CliRunner().invoke(app, ["audit", "verify", "--expect-head", head])
+    assert again.exit_code == 0, again.output
+
+
+def _ids(db: Database) -> list[int]:
+    with db.engine.connect() as conn:
+        return [row[0] for row in conn.execute(text("SELECT id FROM audit_record"))]
+
+
+def test_audit_verify_notices_records_cut_off_the_end(db: Database, cli_env: None) -> None:
+    _fill(db)
+    head = json.loads(CliRunner().invoke(app, ["audit", "verify"]).stdout)["head"]
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_record WHERE id = :i"),
+                     {"i": int(head.split(":")[0])})
+    # The shortened chain is consistent in itself ...
+    assert CliRunner().invoke(app, ["audit", "verify"]).exit_code == 0
+    # ... but not with the head noted before.
+    result = CliRunner().invoke(app, ["audit", "verify", "--expect-head", head])
+    assert result.exit_code == 1
+    assert "cut off the end" in json.loads(result.stdout)["problem"]
+    bad = CliRunner().invoke(app, ["audit", "verify", "--expect-head", "nonsense"])
+    assert bad.exit_code == 2
 
 
 def test_audit_verify_fails_on_tampering(db: Database, cli_env: None) -> None:

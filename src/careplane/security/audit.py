@@ -106,6 +106,10 @@ class VerifyResult:
     checked: int
     first_bad_id: int | None = None
     problem: str = ""
+    # The newest record verified: note it somewhere else (a ticket, a log host) and pass it
+    # back as ``expect`` later, and deleting records from the end is noticed as well.
+    head_id: int | None = None
+    head_hash: str | None = None
 
 
 def _walk(session: Session, batch: int = 5000) -> Iterator[AuditRecord]:
@@ -120,16 +124,33 @@ def _walk(session: Session, batch: int = 5000) -> Iterator[AuditRecord]:
         session.expunge_all()
 
 
-def verify(session: Session) -> VerifyResult:
-    """Recompute the chain; the first record that does not match is where tampering begins."""
+def verify(session: Session, *, expect: tuple[int, str] | None = None) -> VerifyResult:
+    """Recompute the chain; the first record that does not match is where tampering begins.
+
+    A chain alone cannot show that its newest records were cut off; ``expect`` — a head
+    ``(id, hash)`` noted from an earlier run — must still be in the chain, unchanged.
+    """
     prev = GENESIS
     checked = 0
+    head_id: int | None = None
+    found_expected = expect is None
     for row in _walk(session):
         if row.prev_hash != prev:
             return VerifyResult(False, checked, row.id,
                                 "link broken: a record before this one was deleted or changed")
         if _digest(row, prev) != row.hash:
             return VerifyResult(False, checked, row.id, "content does not match its hash")
+        if expect is not None and row.id == expect[0]:
+            if row.hash != expect[1]:
+                return VerifyResult(False, checked, row.id,
+                                    "this record differs from the head noted earlier")
+            found_expected = True
         prev = row.hash
+        head_id = row.id
         checked += 1
-    return VerifyResult(True, checked)
+    if not found_expected:
+        assert expect is not None
+        return VerifyResult(False, checked, expect[0],
+                            "the head noted earlier is gone: records were cut off the end",
+                            head_id, prev if head_id else None)
+    return VerifyResult(True, checked, head_id=head_id, head_hash=prev if head_id else None)

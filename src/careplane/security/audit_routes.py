@@ -69,6 +69,8 @@ class VerifyOut(BaseModel):
     checked: int
     first_bad_id: int | None
     problem: str
+    head_id: int | None = None
+    head_hash: str | None = None
 
 
 class BreakGlassOut(BaseModel):
@@ -143,7 +145,8 @@ def _verify(session: Session, principal: Principal) -> VerifyOut:
     with Session(bind=session.get_bind()) as own:
         result = verify(own)
     return VerifyOut(ok=result.ok, checked=result.checked, first_bad_id=result.first_bad_id,
-                     problem=result.problem)
+                     problem=result.problem, head_id=result.head_id,
+                     head_hash=result.head_hash)
 
 
 @api.get("/verify", response_model=VerifyOut)

@@ -17,20 +17,35 @@ client_app = typer.Typer(no_args_is_help=True, help="OAuth2 clients (application
 
 
 @audit_app.command("verify")
-def audit_verify(data_dir: Annotated[str | None, typer.Option(
-        "--data-dir", help="data directory (default: $CAREPLANE_DATA_DIR or ./data)")] = None
-                 ) -> None:
-    """Recompute the audit chain; exit 1 and name the first bad record if it was tampered with."""
+def audit_verify(
+    expect_head: Annotated[str | None, typer.Option(
+        help="ID:HASH of a head printed by an earlier run: it must still be there, unchanged "
+             "(catches records cut off the end)")] = None,
+    data_dir: Annotated[str | None, typer.Option(
+        "--data-dir", help="data directory (default: $CAREPLANE_DATA_DIR or ./data)")] = None,
+) -> None:
+    """Recompute the audit chain; exit 1 and name the first bad record if it was tampered with.
+
+    Keep the printed head (id and hash) outside this server and pass it back with
+    --expect-head next time.
+    """
     from pathlib import Path
 
-    from careplane.cli import database, emit, settings_from
+    from careplane.cli import database, emit, fail, settings_from
     from careplane.security.audit import verify
 
+    expect = None
+    if expect_head is not None:
+        head_id, sep, head_hash = expect_head.partition(":")
+        if not sep or not head_id.isdigit() or len(head_hash) != 64:
+            fail("--expect-head takes ID:HASH as printed by an earlier verify")
+        expect = (int(head_id), head_hash)
     settings = settings_from(Path(data_dir) if data_dir else None)
     with database(settings) as db, db.session() as session:
-        result = verify(session)
+        result = verify(session, expect=expect)
     emit({"ok": result.ok, "checked": result.checked, "first_bad_id": result.first_bad_id,
-          "problem": result.problem})
+          "problem": result.problem, "head": f"{result.head_id}:{result.head_hash}"
+          if result.head_id else None})
     if not result.ok:
         typer.echo(f"careplane: audit chain broken at record {result.first_bad_id}: "
                    f"{result.problem}", err=True)
