@@ -25,7 +25,7 @@ from careplane.platform.db import Database, DatabaseUnavailable, MigrationRequir
 from careplane.platform.logs import configure_logging
 from careplane.records.synth import synth_command
 from careplane.security import Role
-from careplane.security.cli import audit_app, client_app
+from careplane.security.cli import audit_app, client_app, keys_app
 from careplane.security.identity import IdentityError
 from careplane.settings import Settings, SettingsError, load_settings
 
@@ -40,6 +40,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(genomics_app, name="genomics")
 app.add_typer(audit_app, name="audit")
 app.add_typer(client_app, name="client")
+app.add_typer(keys_app, name="keys")
 app.command("synth")(synth_command)
 
 log = logging.getLogger("careplane.cli")

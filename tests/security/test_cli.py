@@ -114,3 +114,36 @@ def test_client_add_refuses_bad_input(db: Database, cli_env: None) -> None:
         result = CliRunner().invoke(app, ["client", "add", "x", *args])
         assert result.exit_code == 2, (args, result.output)
         assert "careplane: error:" in result.stderr
+
+
+def test_keys_rotate_signing(db: Database, cli_env: None) -> None:
+    first = CliRunner().invoke(app, ["keys", "rotate-signing"])
+    second = CliRunner().invoke(app, ["keys", "rotate-signing"])
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["signing_key"] != b["signing_key"]
+    assert set(b["published"]) == {a["signing_key"], b["signing_key"]}
+
+
+def test_keys_rotate_and_rewrap_blobs(db: Database, cli_env: None, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from careplane.platform.blobs import LocalBlobStore
+    from careplane.security.encryption import blob_store_for
+    from careplane.settings import load_settings
+
+    settings = load_settings()
+    legacy = LocalBlobStore(settings.blob_dir).put_bytes(b"PLAINTEXT-FROM-BEFORE" * 10)
+    store = blob_store_for(settings)
+    sealed = store.put_bytes(b"sealed under the first key" * 10)
+    first_key = store.key_id(sealed.sha256)
+    rotated = json.loads(CliRunner().invoke(app, ["keys", "rotate-blob"]).stdout)
+    assert rotated["blob_key"] != first_key and len(rotated["keys"]) == 2
+    result = CliRunner().invoke(app, ["keys", "rewrap-blobs", "--retire-old"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"blobs": 2, "rewrapped": 2,
+                                         "retired_keys": [first_key]}
+    assert b"PLAINTEXT" not in Path(store.inner.path(legacy.sha256)).read_bytes()
+    fresh = blob_store_for(settings)
+    assert b"".join(fresh.iter_bytes(legacy.sha256)) == b"PLAINTEXT-FROM-BEFORE" * 10
+    assert b"".join(fresh.iter_bytes(sealed.sha256)) == b"sealed under the first key" * 10

@@ -10,10 +10,14 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["audit_app", "client_app"]
+__all__ = ["audit_app", "client_app", "keys_app"]
 
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit trail.")
 client_app = typer.Typer(no_args_is_help=True, help="OAuth2 clients (applications, services).")
+keys_app = typer.Typer(no_args_is_help=True,
+                       help="Token-signing keys and blob encryption keys: rotate, re-wrap.")
+DataDirOption = Annotated[str | None, typer.Option(
+    "--data-dir", help="data directory (default: $CAREPLANE_DATA_DIR or ./data)")]
 
 
 @audit_app.command("verify")
@@ -98,3 +102,60 @@ def client_add(
         if made.secret:
             out["client_secret"] = made.secret
         emit(out)
+
+
+@keys_app.command("rotate-signing")
+def keys_rotate_signing(data_dir: DataDirOption = None) -> None:
+    """Start a new token-signing key now; older ones stay published until their tokens expire."""
+    from pathlib import Path
+
+    from careplane.cli import database, emit, settings_from
+    from careplane.security import keys
+
+    settings = settings_from(Path(data_dir) if data_dir else None)
+    with database(settings) as db, db.session() as session:
+        kid = keys.rotate(session, settings.secret_key)
+        emit({"signing_key": kid, "published": [k["kid"] for k in keys.published(session)]})
+
+
+@keys_app.command("rotate-blob")
+def keys_rotate_blob(data_dir: DataDirOption = None) -> None:
+    """Start a new blob key-encryption key; running servers pick it up for new blobs."""
+    from pathlib import Path
+
+    from careplane.cli import emit, settings_from
+    from careplane.security.encryption import LocalKeyProvider, blob_key_file
+
+    settings = settings_from(Path(data_dir) if data_dir else None)
+    provider = LocalKeyProvider(blob_key_file(settings.data_dir))
+    emit({"blob_key": provider.rotate(), "keys": provider.kids()})
+
+
+@keys_app.command("rewrap-blobs")
+def keys_rewrap_blobs(
+    retire_old: Annotated[bool, typer.Option(
+        "--retire-old", help="afterwards, forget blob keys no blob uses any more")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Re-wrap every blob's data key under the current key (plaintext blobs are encrypted);
+    safe while the server runs."""
+    from pathlib import Path
+
+    from careplane.cli import emit, settings_from
+    from careplane.security.encryption import LocalKeyProvider, blob_store_for
+
+    settings = settings_from(Path(data_dir) if data_dir else None)
+    store = blob_store_for(settings)
+    changed = total = 0
+    for sha in store.all_blobs():
+        total += 1
+        changed += store.rewrap(sha)
+    retired: list[str] = []
+    if retire_old and isinstance(store.keys, LocalKeyProvider):
+        current, _key = store.keys.current()
+        in_use = {store.key_id(sha) for sha in store.all_blobs()}
+        for kid in store.keys.kids():
+            if kid != current and kid not in in_use:
+                store.keys.retire(kid)
+                retired.append(kid)
+    emit({"blobs": total, "rewrapped": changed, "retired_keys": retired})

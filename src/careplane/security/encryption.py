@@ -53,9 +53,11 @@ from careplane.platform.blobs import (
     BlobTooLarge,
     LocalBlobStore,
 )
+from careplane.settings import Settings
 
 __all__ = ["ENC_MAGIC", "BlobIntegrityError", "EncryptedBlobStore", "KeyProvider",
-           "KeyProviderError", "LocalKeyProvider", "encrypted_blob_store"]
+           "KeyProviderError", "LocalKeyProvider", "blob_key_file", "blob_store_for",
+           "encrypted_blob_store"]
 
 ENC_MAGIC = b"CPB1"
 _VERSION = 1
@@ -525,3 +527,13 @@ class EncryptedBlobStore:
 def encrypted_blob_store(root: Path, key_file: Path) -> EncryptedBlobStore:
     """The encrypted store for a data directory: blobs under ``root``, KEKs in ``key_file``."""
     return EncryptedBlobStore(LocalBlobStore(root), LocalKeyProvider(key_file))
+
+
+def blob_key_file(data_dir: Path) -> Path:
+    """Where the local key provider keeps its KEKs: beside the data, never inside blobs/."""
+    return data_dir / "keys" / "blob.keys"
+
+
+def blob_store_for(settings: Settings) -> EncryptedBlobStore:
+    """The blob store every process of a deployment must use once encryption is on."""
+    return encrypted_blob_store(settings.blob_dir, blob_key_file(settings.data_dir))
