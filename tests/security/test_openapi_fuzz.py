@@ -1,4 +1,5 @@
-"""Schemathesis over the whole OpenAPI document, with a valid token and with none.
+"""Schemathesis over the whole OpenAPI document: an administrator's token, a patient's SMART
+app token (a JWT from the built-in OAuth2 server), and no token at all.
 
 Every operation gets generated requests (valid and malformed, from the schema); whatever they
 carry, the answer is never a 5xx, and nothing answered to organisation A carries an id of
@@ -14,12 +15,17 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 
+from careplane.platform.db import Database
 from careplane.security import Role
+from careplane.security.access_tokens import issue_access_token
+from careplane.security.identity import link_patient
+from careplane.security.models import Organisation, User
 from tests.conftest import Accounts
 
 # Never-ending streams, and the one call that would sign the fuzzer's own token out.
 SKIP = {("GET", "/api/events/stream"), ("POST", "/api/auth/revoke")}
-EXAMPLES = 6
+# Examples per operation: most for the caller that gets furthest into the handlers.
+EXAMPLES = {"admin-token": 5, "patient-app-jwt": 3, "anonymous": 2}
 
 
 def _foreign_ids(client: TestClient, accounts: Accounts) -> set[str]:
@@ -35,14 +41,38 @@ def _foreign_ids(client: TestClient, accounts: Accounts) -> set[str]:
     return {pid, consent["id"], sample["id"]}
 
 
+def _smart_patient_token(client: TestClient, accounts: Accounts, db: Database) -> str:
+    """A SMART app's JWT for a patient user: the narrowest kind of caller."""
+    me = accounts.make("pat-a", Role.patient, org="org-a")
+    with db.session() as session:
+        user, org = session.get(User, me.user_id), session.get(Organisation, me.org_id)
+        assert user is not None and org is not None
+        link_patient(session, user, org, "own-record")
+        return issue_access_token(
+            session, client.app.state.platform.settings.secret_key,  # type: ignore[attr-defined]
+            issuer="http://testserver", user_id=me.user_id, org_id=me.org_id,
+            client_id="fuzz-app", scope="launch/patient patient/*.rs",
+            patient_id="own-record").token
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("authenticated", [True, False], ids=["token", "anonymous"])
+# genomics/routes.py still names the 413 status by its deprecated constant (reported to them);
+# that is a warning for the owner, not a failure of access control.
+@pytest.mark.filterwarnings("ignore:'HTTP_413_REQUEST_ENTITY_TOO_LARGE' is deprecated")
+@pytest.mark.parametrize("caller", ["admin-token", "patient-app-jwt", "anonymous"])
 def test_no_server_errors_and_no_foreign_data(client: TestClient, accounts: Accounts,
-                                              authenticated: bool) -> None:
+                                              db: Database, caller: str) -> None:
     foreign = _foreign_ids(client, accounts)
-    admin = accounts.make("admin-a", Role.admin, org="org-a")
-    auth = admin.headers if authenticated else {}
-    schema = schemathesis.openapi.from_asgi("/api/openapi.json", client.app)
+    authenticated = caller == "admin-token"
+    if caller == "admin-token":
+        auth = accounts.make("admin-a", Role.admin, org="org-a").headers
+    elif caller == "patient-app-jwt":
+        auth = {"Authorization": f"Bearer {_smart_patient_token(client, accounts, db)}"}
+    else:
+        auth = {}
+    # From the running app's own document (loading it through from_asgi would start a second
+    # copy of the app's lifespan on another event loop).
+    schema = schemathesis.openapi.from_dict(client.get("/api/openapi.json").json())
     problems: list[str] = []
     answered: set[str] = set()  # operations that answered 2xx at least once
     operations = [r.ok() for r in schema.get_all_operations()]
@@ -53,7 +83,7 @@ def test_no_server_errors_and_no_foreign_data(client: TestClient, accounts: Acco
         if (operation.method.upper(), operation.path) in SKIP:
             continue
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+        @settings(max_examples=EXAMPLES[caller], deadline=None, database=None, derandomize=True,
                   phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
@@ -81,5 +111,10 @@ def test_no_server_errors_and_no_foreign_data(client: TestClient, accounts: Acco
               "GET /fhir/metadata", "POST /oauth2/revoke"}
     if authenticated:
         assert len(answered - public) >= 15, sorted(answered)
-    else:
+    elif caller == "anonymous":
         assert answered <= public, sorted(answered - public)
+    else:  # the patient's app reads its own things only: never an administrator's lists
+        # (/api/jobs still answers: the jobs routes do not ask the policy yet, see
+        # KNOWN_GAPS in test_access_matrix.py)
+        assert not {"GET /api/audit", "GET /api/grants", "GET /api/genomics/samples"} & answered, \
+            sorted(answered)
