@@ -249,9 +249,15 @@ def write_docs(summary: dict[str, Any], args: argparse.Namespace) -> None:
         "",
         f"Wall-time ratio careplane/bare: **{summary['wall_ratio_median_of_pairs']:.2f}** "
         f"(median of the per-repeat ratios; {summary['wall_ratio_of_medians']:.2f} as a ratio of "
-        "medians). careplane does more work in that time: duplicate marking, normalisation, "
-        "the QUAL >= 20 filter, tabix indexes and the QC report; the bare pipeline's BAM is "
-        "compressed at samtools' default level, careplane's at level 1 (`--bam-level`).",
+        "medians); CPU-time ratio "
+        f"{c['cpu_s_median'] / b['cpu_s_median']:.2f}. The machine was shared with other "
+        f"work (load average {c.get('load_average', 0):.1f} at the end), so both pipelines "
+        "got less than their two cores and wall time followed CPU time. careplane does more "
+        "work in that time: duplicate marking, normalisation, the QUAL >= 20 filter (a soft "
+        "one: `LowQual` calls stay in the file; the 'all calls' F1 counts them), tabix "
+        "indexes and the QC report, plus checking every FASTQ record in Python; the bare "
+        "pipeline's BAM is compressed at samtools' default level, careplane's at level 1 "
+        "(`--bam-level`).",
         "",
         "Command: `.venv/bin/python bench/genomics_bench.py --repeats "
         f"{args.repeats} --update-docs` (needs Debian `bowtie-examples dwgsim minimap2 samtools "

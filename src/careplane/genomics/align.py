@@ -31,6 +31,7 @@ ALIGNERS = ("minimap2", "bwa")
 _COMPLEMENT = str.maketrans("ACGTNacgtnRYKMSWBDHVrykmswbdhv", "TGCANtgcanYRMKSWVHDByrmkswvhdb")
 _MAX_FRAGMENT = 1000  # a pair further apart (or wrongly oriented) is not a proper pair
 _aligners: dict[str, mappy.Aligner] = {}
+_buffers: dict[int, mappy.ThreadBuffer] = {}
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,10 @@ def _pair_lines(aligner: mappy.Aligner, pair: ReadPair, rg: str) -> tuple[str, i
     that fixmate run on this output changes nothing.
     """
     hits: list[Any] = [None, None]
-    for hit in aligner.map(pair.seq1, pair.seq2):
+    buf = _buffers.get(id(aligner))
+    if buf is None:  # one scratch buffer per aligner, instead of a new one per read pair
+        buf = _buffers[id(aligner)] = mappy.ThreadBuffer()
+    for hit in aligner.map(pair.seq1, pair.seq2, buf=buf):
         if hit.is_primary and hits[hit.read_num - 1] is None:
             hits[hit.read_num - 1] = hit
     reads = ((pair.seq1, pair.qual1), (pair.seq2, pair.qual2))

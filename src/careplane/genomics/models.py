@@ -17,7 +17,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from careplane.platform.db import Base, JSONType, UTCDateTime, new_id, utcnow
 
-__all__ = ["FileKind", "GenomicsFile", "GenomicsReference", "GenomicsRun", "GenomicsSample"]
+__all__ = ["FileKind", "GenomicsFile", "GenomicsReference", "GenomicsRun", "GenomicsSample",
+           "GenomicsUpload"]
 
 
 class FileKind:
@@ -101,3 +102,23 @@ class GenomicsRun(Base):
     created_by: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class GenomicsUpload(Base):
+    """A resumable upload in progress: the bytes received so far sit in a part file; once all
+    ``size`` bytes are in, they become a :class:`GenomicsFile` (``file_id``)."""
+
+    __tablename__ = "genomics_upload"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(String(32), index=True)
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str | None] = mapped_column(String(16))
+    sample_id: Mapped[str | None] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -15,7 +15,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from careplane.deps import PlatformDep, SessionDep
 from careplane.genomics import service
@@ -27,6 +27,7 @@ from careplane.genomics.schemas import (
     RunOut,
     SampleIn,
     SampleOut,
+    UploadIn,
 )
 from careplane.genomics.variants import GeneError, VariantQuery, VariantStore
 from careplane.ops.schemas import JobLogOut
@@ -364,3 +365,100 @@ def list_genes(session: SessionDep, platform: PlatformDep,
                principal: PrincipalDep) -> list[dict[str, Any]]:
     authorize(session, principal, Action.search, _target("gene", principal))
     return VariantStore(platform.settings.data_dir).genes(principal.org_id)
+
+
+# -- resumable uploads ----------------------------------------------------------------------
+
+def _upload_out(upload: Any) -> dict[str, Any]:
+    return {"id": upload.id, "filename": upload.filename, "size": upload.size,
+            "offset": upload.received, "complete": upload.file_id is not None,
+            "file_id": upload.file_id}
+
+
+@router.post("/uploads", status_code=status.HTTP_201_CREATED)
+def create_upload(body: UploadIn, session: SessionDep, principal: PrincipalDep,
+                  platform: PlatformDep) -> Response:
+    """Open a resumable upload; send its bytes with PATCH and ``Upload-Offset``."""
+    patient_id = None
+    if body.sample_id is not None:
+        try:
+            patient_id = service.get_sample(session, body.sample_id,
+                                            org_id=principal.org_id).patient_id
+        except service.NotFound as exc:
+            raise _not_found(exc) from None
+    authorize(session, principal, Action.create, _target("file", principal,
+                                                         patient_id=patient_id),
+              detail={"filename": body.filename, "resumable": True})
+    if body.size > platform.settings.max_upload_bytes:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"uploads are limited to {platform.settings.max_upload_bytes} bytes")
+    try:
+        upload = service.create_upload(session, org_id=principal.org_id,
+                                       filename=body.filename.rsplit("/", 1)[-1],
+                                       size=body.size, kind=body.kind,
+                                       sample_id=body.sample_id, sha256=body.sha256,
+                                       created_by=principal.user_id)
+    except service.GenomicsError as exc:
+        raise _bad(exc) from None
+    return JSONResponse(_upload_out(upload), status.HTTP_201_CREATED, headers={
+        "Location": f"/api/genomics/uploads/{upload.id}", "Upload-Offset": "0",
+        "Upload-Length": str(upload.size)})
+
+
+@router.head("/uploads/{upload_id}")
+@router.get("/uploads/{upload_id}")
+def upload_status(upload_id: str, session: SessionDep, principal: PrincipalDep) -> Response:
+    """Where an upload stands (``Upload-Offset``): the byte to resume from."""
+    try:
+        upload = service.get_upload(session, upload_id, org_id=principal.org_id)
+    except service.NotFound as exc:
+        raise _not_found(exc) from None
+    authorize(session, principal, Action.read, _target("file", principal, id=upload.id))
+    return JSONResponse(_upload_out(upload), headers={
+        "Upload-Offset": str(upload.received), "Upload-Length": str(upload.size)})
+
+
+@router.patch("/uploads/{upload_id}")
+async def upload_chunk(
+    upload_id: str, request: Request, platform: PlatformDep, principal: PrincipalDep,
+    offset: Annotated[int, Header(alias="Upload-Offset", ge=0)],
+) -> Response:
+    """Append the body at ``Upload-Offset``; the last chunk turns the upload into a file."""
+    body = request.stream()
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = anyio.from_thread.run(body.__anext__)
+            except StopAsyncIteration:
+                return
+            if chunk:
+                yield chunk
+
+    def store() -> Response:
+        with platform.session() as session:
+            try:
+                upload = service.get_upload(session, upload_id, org_id=principal.org_id,
+                                            for_update=True)
+            except service.NotFound as exc:
+                raise _not_found(exc) from None
+            authorize(session, principal, Action.update, _target("file", principal,
+                                                                 id=upload.id))
+            try:
+                record = service.append(
+                    session, platform.blobs,
+                    platform.settings.data_dir / "genomics" / "uploads", upload, offset,
+                    chunks(), max_bytes=platform.settings.max_upload_bytes)
+            except service.OffsetMismatch as exc:
+                return JSONResponse(
+                    {"error": {"status": 409, "message": str(exc)}, "offset": exc.expected},
+                    status.HTTP_409_CONFLICT, headers={"Upload-Offset": str(exc.expected)})
+            out = _upload_out(upload)
+            if record is not None:
+                out["file"] = FileOut.of(record).model_dump(mode="json")
+            return JSONResponse(out, headers={"Upload-Offset": str(upload.received)})
+
+    try:
+        return await anyio.to_thread.run_sync(store)
+    except service.GenomicsError as exc:
+        raise _bad(exc) from None

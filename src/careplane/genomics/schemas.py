@@ -11,7 +11,7 @@ from careplane.genomics.models import GenomicsFile, GenomicsReference, GenomicsS
 from careplane.genomics.service import RunView
 
 __all__ = ["FileOut", "ReferenceIn", "ReferenceOut", "RunIn", "RunOut", "SampleIn",
-           "SampleOut"]
+           "SampleOut", "UploadIn"]
 
 
 class FileOut(BaseModel):
@@ -116,3 +116,12 @@ class RunOut(BaseModel):
                    outputs=dict(run.outputs), qc=run.qc if with_qc else None,
                    tags=dict(run.tags), created_at=run.created_at,
                    finished_at=job.finished_at)
+
+
+class UploadIn(BaseModel):
+    filename: str = Field(min_length=1, max_length=300)
+    size: int = Field(gt=0, description="total length in bytes")
+    kind: str | None = Field(default=None, description="fastq, fasta or bed")
+    sample_id: str | None = None
+    sha256: str | None = Field(default=None, pattern="^[0-9a-fA-F]{64}$",
+                               description="checked once the last byte is in")

@@ -8,6 +8,7 @@ and the callers stay thin. Nothing here decides access: callers ask ``security.g
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from careplane.genomics.models import (
     GenomicsReference,
     GenomicsRun,
     GenomicsSample,
+    GenomicsUpload,
 )
 from careplane.genomics.reference import ReferenceError, validate_fasta
 from careplane.platform import jobs
-from careplane.platform.blobs import BlobStore
+from careplane.platform.blobs import CHUNK, BlobStore
 from careplane.platform.db import utcnow
 from careplane.platform.events import publish
 from careplane.platform.jobs import Job, JobStatus
@@ -35,15 +37,19 @@ from careplane.platform.jobs import Job, JobStatus
 __all__ = [
     "GenomicsError",
     "NotFound",
+    "OffsetMismatch",
     "RunView",
+    "append",
     "blob_path",
     "cancel_run",
     "create_reference",
     "create_sample",
+    "create_upload",
     "get_file",
     "get_reference",
     "get_run",
     "get_sample",
+    "get_upload",
     "list_files",
     "list_references",
     "list_runs",
@@ -338,3 +344,86 @@ def publish_outputs(session: Session, blobs: BlobStore, run: GenomicsRun,
             org_id=run.org_id)
     return outputs
 
+
+
+# -- resumable uploads ----------------------------------------------------------------------
+
+class OffsetMismatch(GenomicsError):
+    """A chunk was sent for another offset than the one the upload has reached."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__(f"the upload is at offset {expected}")
+        self.expected = expected
+
+
+def _part_path(uploads_dir: Path, upload: GenomicsUpload) -> Path:
+    return uploads_dir / f"{upload.id}.part"
+
+
+def create_upload(session: Session, *, org_id: str, filename: str, size: int,
+                  kind: str | None = None, sample_id: str | None = None,
+                  sha256: str | None = None, created_by: str | None = None) -> GenomicsUpload:
+    """Open a resumable upload of ``size`` bytes; chunks are appended with :func:`append`."""
+    if size <= 0:
+        raise GenomicsError(f"{filename}: the file is empty")
+    if kind is not None and kind not in FileKind.uploadable:
+        raise GenomicsError(f"kind {kind!r} cannot be uploaded")
+    if sample_id is not None:
+        get_sample(session, sample_id, org_id=org_id)
+    upload = GenomicsUpload(org_id=org_id, filename=filename, size=size, kind=kind,
+                            sample_id=sample_id, sha256=sha256.lower() if sha256 else None,
+                            created_by=created_by)
+    session.add(upload)
+    session.flush()
+    return upload
+
+
+def get_upload(session: Session, upload_id: str, *, org_id: str,
+               for_update: bool = False) -> GenomicsUpload:
+    upload = session.get(GenomicsUpload, upload_id, with_for_update=for_update or None)
+    if upload is None or upload.org_id != org_id:
+        raise NotFound(f"no upload {upload_id}")
+    return upload
+
+
+def append(session: Session, blobs: BlobStore, uploads_dir: Path, upload: GenomicsUpload,
+           offset: int, chunks: Iterable[bytes], *, max_bytes: int | None = None
+           ) -> GenomicsFile | None:
+    """Append bytes at ``offset`` (which must be where the upload stands); when the last byte
+    arrives the upload becomes a registered file, which is returned.
+
+    The caller holds the upload's row lock (``get_upload(for_update=True)``), so two clients
+    resuming the same upload cannot interleave their bytes.
+    """
+    if upload.file_id is not None:
+        raise GenomicsError(f"upload {upload.id} is already complete")
+    if offset != upload.received:
+        raise OffsetMismatch(upload.received)
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    part = _part_path(uploads_dir, upload)
+    received = upload.received
+    with part.open("r+b" if part.exists() else "wb") as fh:
+        fh.seek(received)
+        fh.truncate()  # bytes past the recorded offset are from an interrupted request
+        for chunk in chunks:
+            received += len(chunk)
+            if received > upload.size:
+                raise GenomicsError(f"the upload would exceed its declared size of "
+                                    f"{upload.size} bytes")
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    upload.received = received
+    upload.updated_at = utcnow()
+    session.flush()
+    if received < upload.size:
+        return None
+    with part.open("rb") as fh:
+        record = store_upload(session, blobs, iter(lambda: fh.read(CHUNK), b""),
+                              org_id=upload.org_id, filename=upload.filename, kind=upload.kind,
+                              sample_id=upload.sample_id, expected_sha256=upload.sha256,
+                              created_by=upload.created_by, max_bytes=max_bytes)
+    upload.file_id = record.id
+    session.flush()
+    part.unlink(missing_ok=True)
+    return record

@@ -12,6 +12,7 @@ does, from its settings (``CAREPLANE_*``).
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 from careplane.genomics.pipeline import (
@@ -31,6 +32,8 @@ def pipeline(ctx: JobContext) -> dict[str, Any]:
     try:
         outputs = run_pipeline(spec, ctx)
     except InputError as exc:
+        # Nothing of a run on bad input is worth resuming: leave no half-made files behind.
+        shutil.rmtree(Path(spec.work_dir) / "result", ignore_errors=True)
         raise JobFailed(str(exc)) from exc
     placed = publish_to_directory(outputs, ctx.args["out_dir"])
     if not ctx.args.get("keep_work"):
@@ -91,6 +94,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         try:
             outputs = run_pipeline(spec, ctx)
         except InputError as exc:
+            shutil.rmtree(work_dir, ignore_errors=True)
             raise JobFailed(str(exc)) from exc
         ctx.check()
         with db.session() as session:

@@ -1,4 +1,4 @@
-"""genomics: references, samples, files and runs
+"""genomics: references, samples, files, runs and uploads
 
 Revision ID: 0300
 Revises: 0001
@@ -31,6 +31,24 @@ def upgrade() -> None:
     with op.batch_alter_table('genomics_sample', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_genomics_sample_org_id'), ['org_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_genomics_sample_patient_id'), ['patient_id'], unique=False)
+
+    op.create_table('genomics_upload',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('org_id', sa.String(length=32), nullable=False),
+    sa.Column('created_by', sa.String(length=32), nullable=True),
+    sa.Column('filename', sa.String(length=300), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=True),
+    sa.Column('sample_id', sa.String(length=32), nullable=True),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=True),
+    sa.Column('received', sa.BigInteger(), nullable=False),
+    sa.Column('file_id', sa.String(length=32), nullable=True),
+    sa.Column('created_at', cdb.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', cdb.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_genomics_upload'))
+    )
+    with op.batch_alter_table('genomics_upload', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_genomics_upload_org_id'), ['org_id'], unique=False)
 
     op.create_table('genomics_file',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -117,6 +135,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_genomics_file_org_id'))
 
     op.drop_table('genomics_file')
+    with op.batch_alter_table('genomics_upload', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_genomics_upload_org_id'))
+
+    op.drop_table('genomics_upload')
     with op.batch_alter_table('genomics_sample', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_genomics_sample_patient_id'))
         batch_op.drop_index(batch_op.f('ix_genomics_sample_org_id'))
