@@ -109,3 +109,22 @@ def test_grant_across_organisations_and_deny_beats_it(client: TestClient,
                 {**grant_body, "actions": ["fly"]},
                 {**grant_body, "valid_until": "2030-01-01T00:00:00"}):
         assert client.post("/api/grants", json=bad, headers=admin_a.headers).status_code == 422
+
+
+def test_admin_links_a_patient_user_to_their_record(client: TestClient,
+                                                    accounts: Accounts) -> None:
+    admin = accounts.make("admin", Role.admin)
+    doctor = accounts.make("doctor", Role.clinician)
+    me = accounts.make("pat", Role.patient)
+    pid = _patient(client, doctor)
+    assert client.get(f"/fhir/Patient/{pid}", headers=me.headers).status_code == 403
+    body = {"username": "pat", "patient_id": pid}
+    assert client.put("/api/patient-links", json=body, headers=doctor.headers).status_code == 403
+    linked = client.put("/api/patient-links", json=body, headers=admin.headers)
+    assert linked.status_code == 200, linked.text
+    assert linked.json()["patient_id"] == pid
+    assert client.get(f"/fhir/Patient/{pid}", headers=me.headers).status_code == 200
+    assert client.put("/api/patient-links", json={**body, "username": "doctor"},
+                      headers=admin.headers).status_code == 422  # not a patient
+    assert client.put("/api/patient-links", json={**body, "username": "nobody"},
+                      headers=admin.headers).status_code == 404

@@ -29,7 +29,7 @@ from careplane.security.consent import (
 from careplane.security.deps import PrincipalDep
 from careplane.security.grants import AccessGrant, create_grant, list_grants, revoke_grant
 from careplane.security.guard import authorize
-from careplane.security.identity import IdentityError
+from careplane.security.identity import IdentityError, link_patient
 from careplane.security.models import Organisation, User
 from careplane.security.policy import Target
 
@@ -214,3 +214,34 @@ def withdraw_grant(grant_id: str, principal: PrincipalDep, session: SessionDep) 
               Target("security:grant", principal.org_id, id=grant_id), source="api")
     if not revoke_grant(session, grant_id, grantor_org_id=principal.org_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no grant {grant_id} of yours")
+
+
+class PatientLinkIn(BaseModel):
+    username: str = Field(min_length=1, max_length=150)
+    patient_id: str = Field(min_length=1, max_length=64, description="the FHIR Patient id")
+
+
+class PatientLinkOut(BaseModel):
+    username: str
+    organisation: str
+    patient_id: str
+
+
+@router.put("/patient-links", response_model=PatientLinkOut)
+def put_patient_link(body: PatientLinkIn, principal: PrincipalDep,
+                     session: SessionDep) -> PatientLinkOut:
+    """Make a Patient record the own record of a user with the patient role (admin only):
+    that user then sees exactly that patient's data, and SMART apps launch with it."""
+    authorize(session, principal, Action.update,
+              Target("security:patient-link", principal.org_id, id=body.username),
+              source="api", detail={"patient_id": body.patient_id})
+    user = session.scalar(select(User).where(User.username == body.username))
+    org = session.get(Organisation, principal.org_id)
+    if user is None or org is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {body.username!r}")
+    try:
+        link_patient(session, user, org, body.patient_id)
+    except IdentityError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return PatientLinkOut(username=user.username, organisation=org.slug,
+                          patient_id=body.patient_id)
