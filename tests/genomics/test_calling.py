@@ -50,7 +50,7 @@ def test_no_variant_lost_or_repeated_at_region_boundaries(
     # Boundaries exactly on variants: a region ending on a variant, one starting on it, and
     # one cutting through each deletion's deleted bases.
     cuts: dict[str, set[int]] = {}
-    for i, v in enumerate(dataset.variants):
+    for i, v in enumerate(dataset.variants[:36]):
         if i % 3 == 0:
             cuts.setdefault(v.contig, set()).add(v.pos)  # variant is a region's last base
         elif i % 3 == 1:
@@ -58,7 +58,7 @@ def test_no_variant_lost_or_repeated_at_region_boundaries(
         if v.kind == "del":
             cuts.setdefault(v.contig, set()).add(v.pos + len(v.ref) // 2)
     regions = _tiling_cut_at(ref.contigs, cuts)
-    assert len(regions) > 20
+    assert len(regions) > 20 and any(v.kind == "del" for v in dataset.variants[:36])
     parts = [call_region(str(ref.fasta), str(bam), r, str(tmp_path / f"r{i}.bcf"))
              for i, r in enumerate(regions)]
     scattered = [rec for part in parts for rec in _records(part)]

@@ -4,7 +4,6 @@ about bad input."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pysam
@@ -150,15 +149,3 @@ def test_malformed_reference_fails(dataset: SimulatedDataset, tmp_path: Path) ->
     bad = tmp_path / "ref.fa"
     bad.write_text(">chr1\nACGT\nAC GT\n")
     assert "ref.fa line 3" in _bad_input(dataset, tmp_path, reference=bad)
-
-
-def test_work_dir_can_be_wiped_between_attempts(dataset: SimulatedDataset,
-                                                tmp_path: Path) -> None:
-    spec = _spec(dataset, tmp_path)
-    first = Recorder(state={})
-    run_pipeline(spec, first)
-    shutil.rmtree(spec.work_dir)
-    # A checkpoint whose files are gone is not trusted: the work is done again.
-    out = run_pipeline(spec, Recorder(state={k: v for k, v in first.state.items()
-                                             if k != "steps"}))
-    assert out.vcf.exists()

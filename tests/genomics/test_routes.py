@@ -66,6 +66,10 @@ def test_run_from_upload_to_published_outputs(
     assert submitted.status_code == 202, submitted.text
     run = submitted.json()
     assert run["status"] == "queued" and run["sample"] == "NA-1"
+    home = client.get("/genomics", headers=nurse.headers)
+    assert home.status_code == 200
+    assert f"/genomics/runs/{run['id']}" in home.text and "queued" in home.text
+    assert 'data-live-topic="job."' in home.text  # re-rendered on each job event
 
     assert jobs.Worker(db).run_once()
     done = client.get(f"/api/genomics/runs/{run['id']}", headers=nurse.headers).json()
@@ -90,6 +94,7 @@ def test_run_from_upload_to_published_outputs(
                        headers=nurse.headers).json()
     assert found["total"] == qc.json()["variants"]["variants"] > 0
     assert {v["run_id"] for v in found["variants"]} == {run["id"]}
+    _check_pages(client, nurse.headers, run["id"], ids["sample_id"], found["total"])
 
     # Another organisation sees none of it.
     other = accounts.make("oscar", Role.clinician, org="org-b")
@@ -150,3 +155,26 @@ def test_roles_without_genomics_rights_are_refused(client: TestClient,
     refused = client.post("/api/genomics/samples", json={"name": "S"},
                           headers=counsellor.headers)
     assert refused.status_code == 403
+
+
+def _check_pages(client: TestClient, h: dict[str, str], run_id: str, sample_id: str,
+                 variants: int) -> None:
+    """The web pages of a finished run: progress, QC report with its charts, sample, browser."""
+    import re
+
+    table = client.get("/genomics/_runs", headers=h)
+    assert "succeeded" in table.text and "<progress" in table.text
+    page = client.get(f"/genomics/runs/{run_id}", headers=h)
+    assert page.status_code == 200
+    assert page.text.count("<svg") == 2 and "Coverage histogram" in page.text
+    assert "Insert size" in page.text and "Ti/Tv" in page.text
+    assert re.search(r"Mapped</dt><dd>(99|100)\.\d\d%", page.text)
+    assert "NA-1.vcf.gz" in page.text
+    sample = client.get(f"/genomics/samples/{sample_id}", headers=h)
+    assert sample.status_code == 200 and "Patient/pat-1" in sample.text
+    assert "passing calls" in sample.text
+    browser = client.get("/genomics/variants", params={"sample_id": sample_id}, headers=h)
+    found = re.search(r'data-testid="variant-total">([\d,]+) call', browser.text)
+    assert found and int(found.group(1).replace(",", "")) == variants
+    bad = client.get("/genomics/variants", params={"start": "x"}, headers=h)
+    assert bad.status_code == 200 and "start must be a whole number" in bad.text
