@@ -20,9 +20,10 @@ from tests.conftest import Accounts
 
 @pytest.fixture
 def worker_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    """A job worker finds its database and data directory from CAREPLANE_* like any process."""
+    """A job worker finds its database from CAREPLANE_* like any process; the data directory
+    travels with the job (a server started with --data-dir has no CAREPLANE_DATA_DIR)."""
     monkeypatch.setenv("CAREPLANE_DATABASE_URL", settings.db_url)
-    monkeypatch.setenv("CAREPLANE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.delenv("CAREPLANE_DATA_DIR", raising=False)
     monkeypatch.setenv("CAREPLANE_ENV", "test")
 
 

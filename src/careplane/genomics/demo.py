@@ -56,5 +56,6 @@ def seed_genomics(settings: Settings, db: Database) -> None:
                                           filename=path.name, sample_id=sample.id)
                      for path in (ds.r1, ds.r2)]
         service.submit_run(session, org_id=org.id, sample_id=sample.id,
-                           reference_id=reference.id, fastq_ids=[r.id for r in reads])
+                           reference_id=reference.id, fastq_ids=[r.id for r in reads],
+                           data_dir=settings.data_dir)
     log.info("genomics demo: sample %s registered and its run queued", DEMO_SAMPLE)

@@ -234,7 +234,8 @@ def _run(session: SessionDep, run_id: str, principal: Principal,
 
 
 @router.post("/runs", status_code=status.HTTP_202_ACCEPTED, response_model=RunOut)
-def submit_run(body: RunIn, session: SessionDep, principal: PrincipalDep) -> RunOut:
+def submit_run(body: RunIn, session: SessionDep, platform: PlatformDep,
+               principal: PrincipalDep) -> RunOut:
     try:
         sample = service.get_sample(session, body.sample_id, org_id=principal.org_id)
     except service.NotFound as exc:
@@ -245,7 +246,8 @@ def submit_run(body: RunIn, session: SessionDep, principal: PrincipalDep) -> Run
         run = service.submit_run(session, org_id=principal.org_id, sample_id=body.sample_id,
                                  reference_id=body.reference_id, fastq_ids=body.fastq,
                                  aligner=body.aligner, threads=body.threads, tags=body.tags,
-                                 created_by=principal.user_id)
+                                 created_by=principal.user_id,
+                                 data_dir=platform.settings.data_dir)
     except service.NotFound as exc:
         raise _not_found(exc) from None
     except service.GenomicsError as exc:

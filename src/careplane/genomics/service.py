@@ -266,7 +266,15 @@ class RunView:
 def submit_run(session: Session, *, org_id: str, sample_id: str, reference_id: str,
                fastq_ids: Sequence[str], aligner: str = "minimap2", threads: int = 2,
                params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-               created_by: str | None = None) -> GenomicsRun:
+               created_by: str | None = None, data_dir: str | Path | None = None
+               ) -> GenomicsRun:
+    """Register a run and queue its job.
+
+    ``data_dir`` is the submitting server's data directory; the job carries it so that a
+    worker started without ``CAREPLANE_DATA_DIR`` (``careplane serve --data-dir D`` passes the
+    directory on the command line only) still finds the blobs and, when no database URL is
+    configured, the database inside it.
+    """
     sample = get_sample(session, sample_id, org_id=org_id)
     reference = get_reference(session, reference_id, org_id=org_id)
     if len(fastq_ids) != 2:
@@ -284,7 +292,10 @@ def submit_run(session: Session, *, org_id: str, sample_id: str, reference_id: s
                       params=params or {}, tags=tags or {}, created_by=created_by)
     session.add(run)
     session.flush()
-    job = jobs.submit(session, RUN_TASK, {"run_id": run.id}, org_id=org_id,
+    args: dict[str, Any] = {"run_id": run.id}
+    if data_dir is not None:
+        args["data_dir"] = str(data_dir)
+    job = jobs.submit(session, RUN_TASK, args, org_id=org_id,
                       created_by=created_by, title=f"Genomics pipeline: {sample.name}",
                       max_attempts=3)
     run.job_id = job.id

@@ -61,7 +61,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from careplane.platform.db import Database
     from careplane.settings import load_settings
 
-    settings = load_settings()
+    # The worker's own configuration (CAREPLANE_*), anchored to the submitting server's data
+    # directory: see service.submit_run.
+    data_dir = ctx.args.get("data_dir")
+    settings = load_settings(data_dir=data_dir) if data_dir else load_settings()
     db = Database(settings.db_url)
     blobs = LocalBlobStore(settings.blob_dir)
     run_id = ctx.args["run_id"]

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from careplane._version import __version__
-from careplane.deps import SessionDep
+from careplane.deps import PlatformDep, SessionDep
 from careplane.genomics import service
 from careplane.genomics.models import GenomicsRun
 from careplane.platform.jobs import Job
@@ -101,7 +101,7 @@ def _json_field(raw: str | None, name: str) -> dict[str, Any]:
 
 @router.post("/runs", response_model=None)
 def run_workflow(
-    session: SessionDep, principal: PrincipalDep,
+    session: SessionDep, platform: PlatformDep, principal: PrincipalDep,
     workflow_params: Annotated[str | None, Form()] = None,
     workflow_type: Annotated[str | None, Form()] = None,
     workflow_type_version: Annotated[str | None, Form()] = None,
@@ -145,7 +145,8 @@ def run_workflow(
                             "workflow_type_version": WORKFLOW_VERSION,
                             "workflow_url": workflow_url,
                             "workflow_engine_parameters": engine}},
-            tags={str(k): v for k, v in run_tags.items()}, created_by=principal.user_id)
+            tags={str(k): v for k, v in run_tags.items()}, created_by=principal.user_id,
+            data_dir=platform.settings.data_dir)
     except service.NotFound as exc:
         return _error(404, str(exc))
     except service.GenomicsError as exc:
@@ -210,7 +211,7 @@ def get_run_log(run_id: str, request: Request, session: SessionDep,
         },
         "state": wes_state(job),
         "run_log": {
-            "name": job.title, "cmd": [job.task, json.dumps(job.args)],
+            "name": job.title, "cmd": [job.task, run.id],
             "start_time": _time(job.started_at), "end_time": _time(job.finished_at),
             "stdout": f"{base}/api/genomics/runs/{run.id}/logs",
             "stderr": f"{base}/api/genomics/runs/{run.id}/logs",
