@@ -90,8 +90,7 @@ class EventHub:
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5.0)
         await self.wakeup.close()
         await asyncio.to_thread(self._wait_for_reader)
 

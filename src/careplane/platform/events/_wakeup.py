@@ -57,6 +57,7 @@ class PostgresListenWakeup(PollingWakeup):
         self.conninfo = conninfo
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._closing = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="careplane-event-listen")
@@ -64,7 +65,7 @@ class PostgresListenWakeup(PollingWakeup):
             await asyncio.wait_for(self._listening.wait(), 10)
 
     async def _listen(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 async with await psycopg.AsyncConnection.connect(
                         self.conninfo, autocommit=True) as conn:
@@ -76,11 +77,14 @@ class PostgresListenWakeup(PollingWakeup):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnect after a database restart
+                if self._closing:  # psycopg may turn our cancellation into an error
+                    return
                 log.warning("event listener lost its connection: %s; reconnecting", exc)
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
+        self._closing = True
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Never let shutdown hang on the listener: give it a moment, then move on.
+            await asyncio.wait({self._task}, timeout=5.0)
