@@ -4,6 +4,7 @@ about bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pysam
@@ -149,3 +150,14 @@ def test_malformed_reference_fails(dataset: SimulatedDataset, tmp_path: Path) ->
     bad = tmp_path / "ref.fa"
     bad.write_text(">chr1\nACGT\nAC GT\n")
     assert "ref.fa line 3" in _bad_input(dataset, tmp_path, reference=bad)
+
+
+@pytest.mark.skipif(shutil.which("bwa") is None, reason="the bwa aligner is not installed")
+def test_bwa_can_be_chosen(dataset: SimulatedDataset, tmp_path: Path, recorder: Recorder) -> None:
+    out = run_pipeline(_spec(dataset, tmp_path, aligner="bwa"), recorder)
+    with pysam.AlignmentFile(str(out.bam)) as bam:
+        assert "bwa" in str(bam.header["PG"])
+        first = next(bam.fetch())
+        assert first.has_tag("MC") and first.has_tag("ms")  # fixmate -m ran on bwa's output
+    result = evaluate_calls(out.vcf, dataset.truth_vcf, dataset.reference)
+    assert result.snv.f1 is not None and result.snv.f1 >= 0.97
