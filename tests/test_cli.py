@@ -117,3 +117,19 @@ def test_first_start_creates_the_administrator(tmp_path: Path) -> None:
             assert [m.role for m in admin.memberships] == ["admin"]
     finally:
         db.dispose()
+
+
+def test_workers_get_the_data_directory_of_the_command(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from careplane.cli import export_to_workers
+    from careplane.settings import Settings, load_settings
+
+    monkeypatch.delenv("CAREPLANE_DATA_DIR", raising=False)
+    monkeypatch.delenv("CAREPLANE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CAREPLANE_ENV", raising=False)
+    export_to_workers(Settings(env="development", data_dir=tmp_path / "d",
+                               database_url="postgresql://db/care"))
+    seen = load_settings()  # what a task in a worker process reads
+    assert seen.data_dir == tmp_path / "d"
+    assert seen.db_url == "postgresql+psycopg://db/care"
+    assert seen.development

@@ -175,6 +175,7 @@ def worker(data_dir: DataDir = None) -> None:
     configure_logging(settings.log_level, json_lines=settings.log_json)
     with database(settings) as db:
         w = Worker(db, heartbeat=settings.job_heartbeat_seconds,
+    export_to_workers(settings)
                    stale_after=settings.job_stale_after_seconds)
         signal.signal(signal.SIGTERM, lambda *_: w.stop())
         signal.signal(signal.SIGINT, lambda *_: w.stop())
@@ -183,6 +184,15 @@ def worker(data_dir: DataDir = None) -> None:
 
 def bootstrap_admin(session: Session, password: str) -> bool:
     """On an empty installation, create the first administrator so someone can sign in."""
+def export_to_workers(settings: Settings) -> None:
+    """Job workers are separate processes that read their settings from the environment:
+    hand them the data directory and database this command was given on its command line."""
+    os.environ["CAREPLANE_DATA_DIR"] = str(settings.data_dir)
+    os.environ["CAREPLANE_ENV"] = settings.env.value
+    if settings.database_url:
+        os.environ["CAREPLANE_DATABASE_URL"] = settings.database_url
+
+
     from sqlalchemy import select
 
     from careplane.security.identity import create_org, create_user
@@ -235,6 +245,7 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
     executor = None
     if settings.job_workers:
         executor = LocalExecutor(settings.db_url, settings.job_workers,
+    export_to_workers(settings)
                                  heartbeat=settings.job_heartbeat_seconds,
                                  stale_after=settings.job_stale_after_seconds,
                                  log_level=settings.log_level, log_json=settings.log_json)
