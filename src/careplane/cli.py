@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from careplane.genomics.cli import genomics_app
 from careplane.platform.db import Database, DatabaseUnavailable, MigrationRequired, migrate
 from careplane.platform.logs import configure_logging
+from careplane.records.cli import records_app
 from careplane.records.synth import synth_command
 from careplane.security import Role
 from careplane.security.cli import audit_app, client_app, keys_app
@@ -41,6 +42,7 @@ app.add_typer(genomics_app, name="genomics")
 app.add_typer(audit_app, name="audit")
 app.add_typer(client_app, name="client")
 app.add_typer(keys_app, name="keys")
+app.add_typer(records_app, name="records")
 app.command("synth")(synth_command)
 
 log = logging.getLogger("careplane.cli")
@@ -173,17 +175,15 @@ def worker(data_dir: DataDir = None) -> None:
 
     settings = settings_from(data_dir)
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    export_to_workers(settings)
     with database(settings) as db:
         w = Worker(db, heartbeat=settings.job_heartbeat_seconds,
-    export_to_workers(settings)
                    stale_after=settings.job_stale_after_seconds)
         signal.signal(signal.SIGTERM, lambda *_: w.stop())
         signal.signal(signal.SIGINT, lambda *_: w.stop())
         w.run_forever()
 
 
-def bootstrap_admin(session: Session, password: str) -> bool:
-    """On an empty installation, create the first administrator so someone can sign in."""
 def export_to_workers(settings: Settings) -> None:
     """Job workers are separate processes that read their settings from the environment:
     hand them the data directory and database this command was given on its command line."""
@@ -193,6 +193,8 @@ def export_to_workers(settings: Settings) -> None:
         os.environ["CAREPLANE_DATABASE_URL"] = settings.database_url
 
 
+def bootstrap_admin(session: Session, password: str) -> bool:
+    """On an empty installation, create the first administrator so someone can sign in."""
     from sqlalchemy import select
 
     from careplane.security.identity import create_org, create_user
@@ -243,9 +245,9 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
                   settings.dicom_port, exc)
         dimse = None
     executor = None
+    export_to_workers(settings)
     if settings.job_workers:
         executor = LocalExecutor(settings.db_url, settings.job_workers,
-    export_to_workers(settings)
                                  heartbeat=settings.job_heartbeat_seconds,
                                  stale_after=settings.job_stale_after_seconds,
                                  log_level=settings.log_level, log_json=settings.log_json)

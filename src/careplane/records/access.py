@@ -19,14 +19,26 @@ from careplane.security import Principal
 from careplane.security.guard import authorize
 from careplane.security.policy import Action, Target
 
-__all__ = ["Action", "check", "target"]
+__all__ = ["Action", "check", "labels_of", "target"]
 
 SOURCE = "fhir"
 
 
+def labels_of(content: dict[str, Any] | None) -> frozenset[str]:
+    """The resource's security labels (``meta.security`` codes: PSY, ETH, HIV, R, V...)."""
+    meta = content.get("meta") if isinstance(content, dict) else None
+    security = meta.get("security") if isinstance(meta, dict) else None
+    if not isinstance(security, list):
+        return frozenset()
+    return frozenset(c["code"] for c in security
+                     if isinstance(c, dict) and isinstance(c.get("code"), str))
+
+
 def target(resource_type: str, org_id: str | None, id: str | None = None,
-           patient_id: str | None = None) -> Target:
-    return Target(kind=f"records:{resource_type}", org_id=org_id, id=id, patient_id=patient_id)
+           patient_id: str | None = None, content: dict[str, Any] | None = None) -> Target:
+    """The Target of one resource; ``content`` gives its security labels to the policy."""
+    return Target(kind=f"records:{resource_type}", org_id=org_id, id=id, patient_id=patient_id,
+                  labels=labels_of(content))
 
 
 def check(session: Session, principal: Principal, action: Action, what: Target, *,

@@ -94,7 +94,16 @@ class FhirRoute(APIRoute):
                 issues = [Issue("invalid", f"{'.'.join(str(p) for p in e.get('loc', ()))}: "
                                 f"{e.get('msg', '')}") for e in exc.errors()]
                 return outcome_response(400, issues)
-            except (OperationalError, DatabaseUnavailable) as exc:
+            except OperationalError as exc:
+                if type(exc.orig).__name__ == "QueryCanceled":
+                    return outcome_response(503, [Issue(
+                        "too-costly", "the search ran past the server's time limit; "
+                        "narrow it (more criteria, a smaller _count, fewer _include)")])
+                log.error("database unavailable: %s", exc.__class__.__name__)
+                return outcome_response(503, [Issue("transient", "the database is "
+                                                    "unavailable; try again shortly")],
+                                        {"Retry-After": "5"})
+            except DatabaseUnavailable as exc:
                 log.error("database unavailable: %s", exc.__class__.__name__)
                 return outcome_response(503, [Issue("transient", "the database is "
                                                     "unavailable; try again shortly")],

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, FromClause, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, FromClause, and_, false, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from careplane.records.access import Action, check, target
@@ -38,6 +38,9 @@ __all__ = ["Found", "SearchResult", "run_search", "searchset"]
 
 MAX_INCLUDED = 1000
 ITERATE_ROUNDS = 3
+#: PostgreSQL cancels a search statement that runs longer (a safety net: a search must never
+#: hold the database for minutes, whatever plan it gets).
+SEARCH_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +99,22 @@ def compartment_clause(r: FromClause, resource_type: str, compartment: tuple[str
 
 def run_search(session: Session, principal: Principal, req: SearchRequest, *,
                base: str = "", compartment: tuple[str, str] | None = None) -> SearchResult:
-    """Authorise, then find one page of ``req`` (and its includes) in the caller's org."""
+    """Authorise, then find one page of ``req`` (and its includes) in the caller's org.
+
+    A principal that speaks for one patient (role ``patient``, or a SMART app launched for a
+    patient) searches that patient's compartment, and the access decision is asked for it.
+    """
     rtype = req.resource_type
+    if compartment is None and principal.patient_id is not None and (
+            rtype == "Patient" or compartment_params("Patient", rtype)):
+        # A patient (or an app launched for one) searches within their own compartment.
+        compartment = ("Patient", principal.patient_id)
     patient = compartment[1] if compartment and compartment[0] == "Patient" else None
     check(session, principal, Action.search, target(rtype, principal.org_id, patient_id=patient),
           detail={"query": [f"{k}={v}" for k, v in req.used][:20]})
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
+                        {"ms": str(SEARCH_TIMEOUT_MS)})
     scope = Scope(principal.org_id, base)
     r = resource
     where = [live(r, rtype, scope)]

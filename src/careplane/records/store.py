@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, delete, insert, select
+from sqlalchemy import Row, and_, bindparam, delete, insert, or_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from careplane.platform.db import new_id
-from careplane.platform.events import publish
+from careplane.platform.db import new_id, utcnow
+from careplane.platform.events import CHANNEL, EventRecord, publish
 from careplane.records.access import Action, check, target
 from careplane.records.errors import FhirError
 from careplane.records.indexer import IndexRows, index_resource
@@ -46,6 +46,7 @@ __all__ = [
     "check_if_match",
     "create",
     "current_row",
+    "current_rows",
     "delete_resource",
     "new_id",
     "patch",
@@ -148,6 +149,24 @@ def current_row(session: Session, resource_type: str, rid: str, *,
     return session.execute(stmt).first()
 
 
+def current_rows(session: Session, keys: Sequence[tuple[str, str]], *, lock: bool = True
+                 ) -> dict[tuple[str, str], Any]:
+    """The current rows of many resources at once, by (type, id), locked for update."""
+    by_type: dict[str, set[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, set()).add(rid)
+    if not by_type:
+        return {}
+    stmt = (select(*_CURRENT_COLUMNS)
+            .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk,
+                                         resource_version.c.version == resource.c.version))
+            .where(or_(*(and_(resource.c.resource_type == t, resource.c.id.in_(sorted(ids)))
+                         for t, ids in by_type.items()))))
+    if lock:
+        stmt = stmt.with_for_update(of=resource)
+    return {(row.resource_type, row.id): row for row in session.execute(stmt)}
+
+
 def _stored(row: Row[Any]) -> StoredResource:
     return StoredResource(row.resource_type, row.id, row.version, row.last_updated,
                           row.deleted, row.org_id, row.patient_id, row.content)
@@ -160,7 +179,7 @@ def read(session: Session, principal: Principal, resource_type: str, rid: str
     if row is None:
         raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
     check(session, principal, Action.read,
-          target(resource_type, row.org_id, rid, row.patient_id))
+          target(resource_type, row.org_id, rid, row.patient_id, row.content))
     if row.deleted:
         raise FhirError.of(410, "deleted", f"{resource_type}/{rid} was deleted",
                            headers={"ETag": f'W/"{row.version}"'})
@@ -182,7 +201,7 @@ def vread(session: Session, principal: Principal, resource_type: str, rid: str,
     if row is None:
         raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
     check(session, principal, Action.read,
-          target(resource_type, row.org_id, rid, row.patient_id))
+          target(resource_type, row.org_id, rid, row.patient_id, row.content))
     if row.deleted:
         raise FhirError.of(410, "deleted",
                            f"version {version} of {resource_type}/{rid} is a deletion")
@@ -239,7 +258,7 @@ def create(session: Session, principal: Principal, body: Any, *,
     rtype = validate_resource(body, resource_type)
     write = prepare_create(principal, body, rtype, rid=rid, method=method)
     check(session, principal, Action.create,
-          target(rtype, principal.org_id, write.id, write.patient_id))
+          target(rtype, principal.org_id, write.id, write.patient_id, write.content))
     persist(session, [write])
     return write.stored()
 
@@ -259,7 +278,7 @@ def update(session: Session, principal: Principal, resource_type: str, rid: str,
                       method="PUT"), True
     write = prepare_update(row, body)
     check(session, principal, Action.update,
-          target(rtype, row.org_id, rid, write.patient_id or row.patient_id))
+          target(rtype, row.org_id, rid, write.patient_id or row.patient_id, write.content))
     check_if_match(if_match, row.version, f"{rtype}/{rid}")
     persist(session, [write])
     return write.stored(), False
@@ -272,7 +291,7 @@ def delete_resource(session: Session, principal: Principal, resource_type: str, 
     if row is None:
         raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
     check(session, principal, Action.delete,
-          target(resource_type, row.org_id, rid, row.patient_id))
+          target(resource_type, row.org_id, rid, row.patient_id, row.content))
     if row.deleted:
         return None
     check_if_match(if_match, row.version, f"{resource_type}/{rid}")
@@ -290,7 +309,7 @@ def patch(session: Session, principal: Principal, resource_type: str, rid: str,
     if row is None:
         raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
     check(session, principal, Action.update,
-          target(resource_type, row.org_id, rid, row.patient_id))
+          target(resource_type, row.org_id, rid, row.patient_id, row.content))
     if row.deleted:
         raise FhirError.of(410, "deleted", f"{resource_type}/{rid} was deleted")
     check_if_match(if_match, row.version, f"{resource_type}/{rid}")
@@ -353,12 +372,31 @@ def persist(session: Session, writes: Sequence[Write]) -> None:
         session.execute(insert(INDEX_TABLES[kind]), kind_rows)
     if compartments:
         session.execute(insert(idx_compartment), compartments)
-    for w in writes:
-        action = "deleted" if w.content is None else ("created" if id(w) in fresh else "updated")
-        publish(session, topic(w.resource_type),
-                {"resourceType": w.resource_type, "id": w.id, "versionId": str(w.version),
-                 "lastUpdated": format_instant(w.last_updated), "action": action,
-                 "patient": w.patient_id}, org_id=w.org_id)
+    events: list[tuple[str, dict[str, Any]]] = [
+        (w.org_id, {"resourceType": w.resource_type, "id": w.id,
+                    "versionId": str(w.version),
+                    "lastUpdated": format_instant(w.last_updated),
+                    "action": "deleted" if w.content is None
+                    else ("created" if id(w) in fresh else "updated"),
+                    "patient": w.patient_id}) for w in writes]
+    if len(events) == 1:
+        org_id, payload = events[0]
+        publish(session, topic(str(payload["resourceType"])), payload, org_id=org_id)
+    else:
+        _publish_many(session, events)
+
+
+def _publish_many(session: Session, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """What ``publish`` does for one event, for many: outbox rows written in this
+    transaction (one statement) and a single NOTIFY, which only wakes the subscribers'
+    readers (they read the outbox after their cursor, so one wake-up delivers them all)."""
+    moment = utcnow()
+    session.execute(insert(EventRecord), [
+        {"topic": topic(payload["resourceType"]), "payload": payload, "org_id": org_id,
+         "created_at": moment} for org_id, payload in events])
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :id)"),
+                        {"channel": CHANNEL, "id": "batch"})
 
 
 def copy_body(body: dict[str, Any]) -> dict[str, Any]:

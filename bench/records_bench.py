@@ -1,0 +1,263 @@
+"""FHIR store benchmark: writes, bundle ingest, reads, searches and $everything, per database.
+
+Everything goes through the HTTP API of a real careplane application (``create_app``, driven
+in-process by an ASGI client, so no sockets but every layer a client meets: authentication,
+the access decision and its audit record, validation, indexing, the JSON response). The
+population is ``careplane synth``'s (seeded, about 160 resources per patient), loaded as one
+transaction bundle per patient.
+
+Figures per database (a fresh temporary SQLite file; a fresh PostgreSQL database created on
+the server named by ``CAREPLANE_TEST_POSTGRES_URL``, default ``postgres@127.0.0.1:5432``):
+
+* single creates/s: sequential ``POST /fhir/Patient``;
+* bundle ingest resources/s: the synthetic population as transactions;
+* read p50/p95: ``GET /fhir/<type>/<id>`` of random stored resources;
+* search p50/p95 for each of a set of common clinical queries, and over all of them;
+* ``Patient/$everything`` p50.
+
+    .venv/bin/python bench/records_bench.py --patients 200 --update-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from careplane.app import create_app
+from careplane.platform.db import Database, migrate
+from careplane.records.maintenance import analyze
+from careplane.records.synth import generate
+from careplane.security import Role
+from careplane.security.identity import create_org, create_user, issue_token
+from careplane.settings import Settings
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+START, END = "<!-- records-bench:start -->", "<!-- records-bench:end -->"
+PG_ADMIN = os.environ.get("CAREPLANE_TEST_POSTGRES_URL",
+                          "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+TODAY = date(2025, 6, 1)
+JSON = "application/fhir+json"
+
+
+@contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp}/bench.db"
+        return
+    name = f"careplane_bench_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :n"), {"n": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def timed_get(client: TestClient, path: str, headers: dict[str, str]) -> float:
+    started = time.perf_counter()
+    client.get(path, headers=headers).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+def queries(patients: list[str], rng: random.Random) -> dict[str, Callable[[], str]]:
+    """Common clinical searches; each call draws the patient it asks about."""
+    def pid() -> str:
+        return rng.choice(patients)
+
+    since = (TODAY - timedelta(days=365)).isoformat()
+    return {
+        "Patient?name=": lambda: "Patient?name=" + rng.choice(["mar", "ana", "li", "jo", "sa"]),
+        "Patient?family:exact=": lambda: "Patient?family:exact=Smith",
+        "Patient?birthdate=ge&lt": lambda: "Patient?birthdate=ge1950&birthdate=lt1960",
+        "Patient?gender&birthdate": lambda: "Patient?gender=female&birthdate=lt1945",
+        "Patient?identifier=": lambda: "Patient?identifier=urn:careplane:mrn|" + "x",
+        "Observation?patient&code (heart rate)": lambda: f"Observation?patient={pid()}"
+                                                         "&code=http://loinc.org|8867-4",
+        "Observation?patient&category&_sort=-date": lambda: (
+            f"Observation?patient={pid()}&category=vital-signs&_sort=-date&_count=10"),
+        "Observation?code&value-quantity=gt (HbA1c>8)": lambda: (
+            "Observation?code=http://loinc.org|4548-4&value-quantity=gt8&_count=20"),
+        "Observation?code&date=ge": lambda: f"Observation?code=8480-6&date=ge{since}&_count=20",
+        "Observation?patient&date=ge&_count=50": lambda: (
+            f"Observation?patient={pid()}&date=ge{since}&_count=50"),
+        "Condition?patient": lambda: f"Condition?patient={pid()}",
+        "Condition?code (diabetes, all)": lambda: "Condition?code=http://snomed.info/sct|44054006"
+                                                 "&_count=20",
+        "Condition?clinical-status=active&patient": lambda: (
+            f"Condition?patient={pid()}&clinical-status=active"),
+        "MedicationRequest?patient&status=active": lambda: (
+            f"MedicationRequest?patient={pid()}&status=active"),
+        "Encounter?patient&_sort=-date": lambda: f"Encounter?patient={pid()}&_sort=-date",
+        "AllergyIntolerance?patient": lambda: f"AllergyIntolerance?patient={pid()}",
+        "DiagnosticReport?patient&_include=result": lambda: (
+            f"DiagnosticReport?patient={pid()}&_include=DiagnosticReport:result&_count=5"),
+        "Patient?_revinclude=Condition": lambda: (
+            f"Patient?_id={pid()}&_revinclude=Condition:patient"),
+        "Observation?subject.name (chain)": lambda: "Observation?subject:Patient.name=mar"
+                                                    "&_count=10",
+        "Patient?_has:Condition:patient:code": lambda: (
+            "Patient?_has:Condition:patient:code=44054006&_count=20"),
+    }
+
+
+def run(kind: str, n_patients: int, seed: int, reads: int, searches: int
+        ) -> dict[str, Any]:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmpdir, database(kind, Path(tmpdir)) as url:
+        db = Database(url)
+        migrate(db)
+        with db.session() as s:
+            org = create_org(s, "bench-hospital", "Bench Hospital")
+            user = create_user(s, "bench", "bench-password-1", org=org, roles=[Role.clinician])
+            token = issue_token(s, user, kind="bearer", lifetime=timedelta(hours=12)).token
+        settings = Settings(env="test", data_dir=Path(tmpdir) / "data", database_url=url,
+                            job_workers=0, log_json=False, log_level="WARNING")
+        headers = {"Authorization": f"Bearer {token}", "Accept": JSON,
+                   "Content-Type": JSON}
+        out: dict[str, Any] = {"database": kind}
+        with TestClient(create_app(settings)) as client:
+            def post(path: str, body: Any) -> Any:
+                r = client.post(f"/fhir/{path}", content=orjson.dumps(body), headers=headers)
+                assert r.status_code in (200, 201), r.text[:500]
+                return r.json()
+
+            # single creates
+            n_creates = 300
+            started = time.perf_counter()
+            for i in range(n_creates):
+                post("Patient", {"resourceType": "Patient", "name": [{"family": f"Solo{i}"}]})
+            out["creates_per_s"] = n_creates / (time.perf_counter() - started)
+
+            # bundle ingest
+            bundles = list(generate(n_patients, seed, start=TODAY))
+            total = sum(len(b["entry"]) for b in bundles)
+            stored: list[tuple[str, str]] = []
+            started = time.perf_counter()
+            for b in bundles:
+                resp = post("", b)
+                stored += [(e["resource"]["resourceType"], e["resource"]["id"])
+                           for e in resp["entry"] if "resource" in e]
+            elapsed = time.perf_counter() - started
+            out["ingest_resources"] = total
+            out["ingest_per_s"] = total / elapsed
+            patients = [i for t, i in stored if t == "Patient"]
+            out["patients"] = len(patients)
+
+            # the planner's statistics, as autovacuum would have them a minute after a load
+            analyze(db)
+
+            # reads
+            times = [timed_get(client, f"/fhir/{t}/{i}", headers)
+                     for t, i in rng.choices(stored, k=reads)]
+            out["read_p50"], out["read_p95"] = pct(times, 50), pct(times, 95)
+
+            # searches
+            per_query: dict[str, list[float]] = {}
+            for name, make in queries(patients, rng).items():
+                timed_get(client, "/fhir/" + make(), headers)  # warm
+                per_query[name] = [timed_get(client, "/fhir/" + make(), headers)
+                                   for _ in range(searches)]
+            out["searches"] = {k: (pct(v, 50), pct(v, 95)) for k, v in per_query.items()}
+            every = [t for v in per_query.values() for t in v]
+            out["search_p50"], out["search_p95"] = pct(every, 50), pct(every, 95)
+
+            # $everything
+            times = [timed_get(client, f"/fhir/Patient/{rng.choice(patients)}/$everything",
+                               headers) for _ in range(max(10, searches))]
+            out["everything_p50"] = pct(times, 50)
+        db.dispose()
+    return out
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    cols = [r["database"] for r in results]
+    lines = [
+        f"Population: `careplane synth` seed {args.seed}, {results[0]['patients']} patients, "
+        f"{results[0]['ingest_resources']:,} resources; {args.reads} reads, "
+        f"{args.searches} runs per search; Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores. Through the HTTP API in-process (authentication, access "
+        "decision and audit record included).",
+        "",
+        "| figure | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+        "| single creates/s | " + " | ".join(f"{r['creates_per_s']:.0f}" for r in results)
+        + " |",
+        "| transaction-bundle ingest, resources/s | "
+        + " | ".join(f"{r['ingest_per_s']:.0f}" for r in results) + " |",
+        "| read p50 / p95, ms | " + " | ".join(f"{r['read_p50']:.1f} / {r['read_p95']:.1f}"
+                                             for r in results) + " |",
+        "| search p50 / p95 over all queries, ms | "
+        + " | ".join(f"{r['search_p50']:.1f} / {r['search_p95']:.1f}" for r in results) + " |",
+        "| `Patient/$everything` p50, ms | "
+        + " | ".join(f"{r['everything_p50']:.1f}" for r in results) + " |",
+        "",
+        "| search (p50 / p95, ms) | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name in results[0]["searches"]:
+        lines.append(f"| `{name}` | " + " | ".join(
+            "{:.1f} / {:.1f}".format(*r["searches"][name]) for r in results) + " |")
+    return "\n".join(lines)
+
+
+def update_docs(section: str, command: str) -> None:
+    text_ = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    block = (f"{START}\n## FHIR records store\n\n{section}\n\nCommand: `{command}`\n{END}")
+    if START in text_:
+        before, rest = text_.split(START, 1)
+        text_ = before + block + rest.split(END, 1)[1]
+    else:
+        text_ = text_.rstrip() + "\n\n" + block + "\n"
+    DOCS.write_text(text_)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--reads", type=int, default=500)
+    parser.add_argument("--searches", type=int, default=20)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--update-docs", action="store_true")
+    args = parser.parse_args()
+    results = []
+    for kind in args.databases.split(","):
+        result = run(kind, args.patients, args.seed, args.reads, args.searches)
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), flush=True)
+        results.append(result)
+    section = render(results, args)
+    print(section)
+    if args.update_docs:
+        command = ("python bench/records_bench.py --patients "
+                   f"{args.patients} --seed {args.seed} --reads {args.reads} "
+                   f"--searches {args.searches} --update-docs")
+        update_docs(section, command)
+
+
+if __name__ == "__main__":
+    main()
