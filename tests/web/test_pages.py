@@ -91,3 +91,14 @@ def test_jobs_pages(client: TestClient, db: Database, accounts: Accounts) -> Non
     detail = client.get(f"/jobs/{job}")
     assert detail.status_code == 200 and "Cancel" in detail.text
     assert client.get("/jobs/unknown").status_code == 404
+
+
+def test_forged_non_ascii_csrf_token_is_refused_not_crashed(client: TestClient,
+                                                            accounts: Accounts) -> None:
+    accounts.make("mina")
+    client.get("/login")
+    response = client.post("/login", data={"username": "mina", "password": "mina-password",
+                                           "csrf": "é"})
+    assert response.status_code == 403
+    client.cookies.set("careplane_session", "x")
+    assert client.post("/logout", data={"csrf": "é"}).status_code == 403

@@ -47,6 +47,11 @@ def _login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/login?next={quote(request.url.path)}", status.HTTP_303_SEE_OTHER)
 
 
+def _same_token(sent: str, expected: str) -> bool:
+    """Constant-time comparison that also copes with non-ASCII input (a forged form)."""
+    return bool(expected) and secrets.compare_digest(sent.encode(), expected.encode())
+
+
 def _safe_next(target: str | None) -> str:
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
@@ -65,7 +70,7 @@ def login(request: Request, platform: PlatformDep,
           username: Annotated[str, Form(max_length=150)],
           password: Annotated[str, Form(max_length=1000)],
           csrf: Annotated[str, Form()], next: Annotated[str, Form()] = "/") -> Response:
-    if not secrets.compare_digest(csrf, request.cookies.get(CSRF_COOKIE, "")):
+    if not _same_token(csrf, request.cookies.get(CSRF_COOKIE, "")):
         return render(request, "login.html", None, 403, next=_safe_next(next),
                       error="Your session form expired; please try again.")
     with platform.session() as session:
@@ -91,7 +96,7 @@ def logout(request: Request, platform: PlatformDep,
     """Sign out: the session token is revoked on the server, not only forgotten by the browser."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        if not secrets.compare_digest(csrf, request.cookies.get(CSRF_COOKIE, "")):
+        if not _same_token(csrf, request.cookies.get(CSRF_COOKIE, "")):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
         with platform.session() as session:
             principal = resolve_token(session, cookie, kind="session")

@@ -29,9 +29,10 @@ class PollingWakeup:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._flag = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        return None
+        self._loop = asyncio.get_running_loop()
 
     async def wait(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -39,7 +40,19 @@ class PollingWakeup:
         self._flag.clear()
 
     def poke(self) -> None:
-        self._flag.set()
+        # Commits happen on request threads; asyncio.Event is not thread-safe, so the flag is
+        # set on the loop that waits on it.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._flag.set()
+        else:
+            loop.call_soon_threadsafe(self._flag.set)
 
     async def close(self) -> None:
         return None
@@ -60,6 +73,7 @@ class PostgresListenWakeup(PollingWakeup):
         self._closing = False
 
     async def start(self) -> None:
+        await super().start()
         self._task = asyncio.create_task(self._listen(), name="careplane-event-listen")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listening.wait(), 10)
