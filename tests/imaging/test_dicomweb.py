@@ -127,7 +127,8 @@ def _uids(results: list[dict[str, Any]], tag: str = "0020000D") -> set[str]:
 
 
 def test_qido_study_matching(client: TestClient, radiologist: Account,
-                             catalogue: dict[str, str]) -> None:
+                             catalogue: dict[str, str], monkeypatch: pytest.MonkeyPatch
+                             ) -> None:
     s = catalogue
     q = lambda **p: _uids(_search(client, radiologist, "/dicomweb/studies", **p))  # noqa: E731
     assert q() == set(s.values())
@@ -142,6 +143,8 @@ def test_qido_study_matching(client: TestClient, radiologist: Account,
     assert q(StudyInstanceUID=f"{s['bo']},{s['zoe']}") == {s["bo"], s["zoe"]}
     assert q(AccessionNumber="ACC?") == set(s.values())
     assert q(**{"00080050": "ACC3"}) == {s["bo"]}
+    monkeypatch.setattr("careplane.imaging.dicomweb._STREAM_BATCH", 2)  # several batches
+    assert len(_search(client, radiologist, "/dicomweb/studies")) == len(s)
     first = _search(client, radiologist, "/dicomweb/studies", limit=2)
     rest = _search(client, radiologist, "/dicomweb/studies", limit=2, offset=2)
     assert len(first) == 2 and len(rest) == 2 and not _uids(first) & _uids(rest)
@@ -294,3 +297,38 @@ def test_rendered_and_thumbnails(client: TestClient, radiologist: Account,
                       headers=radiologist.headers).status_code == 400
     assert client.get(chest["path"] + "/frames/9/rendered",
                       headers=radiologist.headers).status_code == 404
+
+
+def test_cors_for_configured_viewer_origins(client: TestClient, radiologist: Account,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from careplane.imaging.config import imaging_settings
+
+    monkeypatch.setenv("CAREPLANE_DICOM_CORS_ORIGINS", '["https://viewer.example"]')
+    imaging_settings.cache_clear()
+    try:
+        preflight = client.options("/dicomweb/studies", headers={
+            "Origin": "https://viewer.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "https://viewer.example"
+        assert "Authorization" in preflight.headers["access-control-allow-headers"]
+        allowed = client.get("/dicomweb/studies", headers={
+            "Origin": "https://viewer.example", **radiologist.headers})
+        assert allowed.headers["access-control-allow-origin"] == "https://viewer.example"
+        other = client.get("/dicomweb/studies", headers={
+            "Origin": "https://elsewhere.example", **radiologist.headers})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        imaging_settings.cache_clear()
+
+
+def test_a_body_cut_short_leaves_no_file_behind(client: TestClient, radiologist: Account,
+                                                settings: Any) -> None:
+    raw = make_instance()
+    body, headers = multipart([raw])
+    cut = client.post("/dicomweb/studies", content=body[: len(body) // 2],
+                      headers={**headers, **radiologist.headers})
+    assert cut.status_code == 400
+    blob_dir = settings.blob_dir
+    leftovers = [p for p in blob_dir.rglob("*") if p.is_file()] if blob_dir.exists() else []
+    assert leftovers == []

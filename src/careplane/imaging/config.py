@@ -10,6 +10,7 @@ knobs without widening the platform's settings class. Complex values are JSON, e
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import lru_cache
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,8 @@ class ImagingSettings(BaseSettings):
     ae_title: str = "CAREPLANE"
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.keep_first
     remote_aes: dict[str, RemoteAE] = Field(default_factory=dict)
+    # browser origins (e.g. an OHIF viewer served elsewhere) allowed to call /dicomweb
+    cors_origins: list[str] = Field(default_factory=list)
     # keep a FHIR ImagingStudy (and Patient) in the records for every study
     fhir_link: bool = True
     # largest single instance accepted by STOW-RS or C-STORE
@@ -51,5 +54,7 @@ class ImagingSettings(BaseSettings):
         return value
 
 
+@lru_cache(maxsize=1)
 def imaging_settings() -> ImagingSettings:
+    """The process's imaging settings, read once (``imaging_settings.cache_clear()`` rereads)."""
     return ImagingSettings()

@@ -10,17 +10,19 @@ says what is wrong.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from careplane.deps import PlatformDep
 from careplane.imaging.attributes import Level
+from careplane.imaging.config import imaging_settings
 from careplane.imaging.dicomjson import with_base
 from careplane.imaging.multipart import (
     MultipartError,
@@ -30,10 +32,10 @@ from careplane.imaging.multipart import (
     parse_multipart,
 )
 from careplane.imaging.part10 import FailureReason
-from careplane.imaging.qido import QidoRequest, parse_qido, render_rows
+from careplane.imaging.qido import QidoRequest, parse_qido, render_rows_text
 from careplane.imaging.query import QueryError, build_select
 from careplane.imaging.render import RenderError, Window, render_frame
-from careplane.imaging.store import StoredInstance, StoreFailure, store_instance
+from careplane.imaging.store import BlobTee, StoredInstance, StoreFailure, store_instance
 from careplane.imaging.wado import (
     InstanceRef,
     NotAcceptable,
@@ -46,6 +48,7 @@ from careplane.imaging.wado import (
     opener,
     transcoded,
 )
+from careplane.platform.blobs import BlobRef
 from careplane.platform.context import Platform
 from careplane.security.deps import PrincipalDep
 from careplane.security.guard import authorize
@@ -53,12 +56,48 @@ from careplane.security.policy import Action, Target
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+class _CorsRoute(APIRoute):
+    """Lets the configured browser origins (``CAREPLANE_DICOM_CORS_ORIGINS``) read responses.
+
+    A viewer such as OHIF, served from another origin, calls DICOMweb with a bearer token;
+    the browser only hands it the answers when they carry these headers.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_cors(request: Request) -> Response:
+            response = await handler(request)
+            origin = request.headers.get("origin")
+            if origin and origin in imaging_settings().cors_origins:
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Access-Control-Expose-Headers"] = "Content-Type, Warning"
+                response.headers.append("Vary", "Origin")
+            return response
+
+        return with_cors
+
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], route_class=_CorsRoute)
+
+
+@router.options("/{path:path}", include_in_schema=False)
+def preflight(path: str, request: Request) -> Response:
+    """CORS preflight: no credentials are involved, only what may be sent."""
+    origin = request.headers.get("origin")
+    if not origin or origin not in imaging_settings().cors_origins:
+        return Response(status_code=204)
+    return Response(status_code=204, headers={
+        "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept",
+        "Access-Control-Max-Age": "600"})
 
 DICOM_JSON = "application/dicom+json"
+_PART_TYPES = ("application/dicom", "application/octet-stream")
 UIDPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9.]+$")]
 _PAGE_DIRECT = 1000  # up to this many results are built in one piece, more are streamed
-_STREAM_BATCH = 500
+_STREAM_BATCH = 1000
 
 
 def _base(request: Request) -> str:
@@ -127,9 +166,9 @@ async def _stow(request: Request, platform: Platform, principal: Any,
     results: list[StoredInstance | StoreFailure] = []
     session: Session = platform.db.sessions()
 
-    def store(body: Any) -> StoredInstance | StoreFailure:
+    def store(body: Any, written: BlobRef | None = None) -> StoredInstance | StoreFailure:
         return store_instance(session, platform.blobs, principal, body, origin="stow-rs",
-                              study_instance_uid=study_uid)
+                              study_instance_uid=study_uid, written=written)
 
     try:
         if media == "application/dicom":
@@ -147,17 +186,24 @@ async def _stow(request: Request, platform: Platform, principal: Any,
             if part_type != "application/dicom":
                 raise HTTPException(415, f"parts of type {part_type!r} are not accepted; "
                                     "send Part-10 files as application/dicom")
+            def tee(headers: dict[str, str]) -> BlobTee | None:
+                kind = headers.get("content-type")
+                if kind and media_params(kind)[0] not in _PART_TYPES:
+                    return None
+                return BlobTee(platform.blobs, imaging_settings().max_instance_bytes)
+
             async for part in parse_multipart(request.stream(), params.get("boundary", ""),
-                                              max_bytes=limit):
+                                              max_bytes=limit, sink=tee):
                 try:
                     kind = part.headers.get("content-type")
-                    if kind and media_params(kind)[0] not in ("application/dicom",
-                                                              "application/octet-stream"):
+                    if kind and media_params(kind)[0] not in _PART_TYPES:
                         results.append(StoreFailure(
                             FailureReason.cannot_understand,
                             f"a part of type {media_params(kind)[0]!r} is not a DICOM file"))
                         continue
-                    results.append(await run_in_threadpool(store, part.body))
+                    written = await run_in_threadpool(part.sink.finish) \
+                        if isinstance(part.sink, BlobTee) else None
+                    results.append(await run_in_threadpool(store, part.body, written))
                 finally:
                     part.close()
         else:
@@ -216,8 +262,8 @@ def _query(request: Request, platform: Platform, principal: Any, level: Level,
                 rows = session.execute(build_select(criteria, org_id)).all()
             except QueryError as exc:
                 raise _fail(exc) from None
-            body = orjson.dumps(render_rows(session, qido, rows, base))
-            return Response(body, media_type=DICOM_JSON, headers=headers)
+            body = "[" + ",".join(render_rows_text(session, qido, rows, base)) + "]"
+            return Response(body.encode(), media_type=DICOM_JSON, headers=headers)
         try:
             query = build_select(criteria, org_id)
         except QueryError as exc:
@@ -232,10 +278,10 @@ def _stream(platform: Platform, qido: QidoRequest, query: Any, base: str) -> Ite
     with platform.db.session() as session:
         result = session.execute(query.execution_options(yield_per=_STREAM_BATCH))
         for batch in result.partitions():
-            for item in render_rows(session, qido, batch, base):
-                yield (b"" if first else b",") + orjson.dumps(item)
+            items = ",".join(render_rows_text(session, qido, batch, base)).encode()
+            if items:  # one chunk per batch: each chunk costs a trip through the thread pool
+                yield items if first else b"," + items
                 first = False
-            session.expunge_all()
     yield b"]"
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import IO
+from typing import IO, Protocol
 
-__all__ = ["MultipartError", "Part", "media_params", "multipart_body", "new_boundary",
+__all__ = ["MultipartError", "Part", "Sink", "media_params", "multipart_body", "new_boundary",
            "parse_multipart"]
 
 _SPOOL = 32 * 1024 * 1024
@@ -33,12 +33,29 @@ def media_params(content_type: str) -> tuple[str, dict[str, str]]:
     return message.get_content_type(), {k: str(v) for k, v in params.items()}
 
 
+class Sink(Protocol):
+    """Also receives a part's bytes as they arrive (e.g. to write them on while receiving)."""
+
+    def write(self, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+
+
+def _spool() -> IO[bytes]:
+    return tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # closed by Part.close
+
+
 @dataclass
 class Part:
     headers: dict[str, str]
-    body: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by Part.close
-        max_size=_SPOOL))
+    body: IO[bytes] = field(default_factory=_spool)
     size: int = 0
+    sink: Sink | None = None
+
+    def write(self, data: bytes) -> None:
+        self.body.write(data)
+        self.size += len(data)
+        if self.sink is not None:
+            self.sink.write(data)
 
     @property
     def content_type(self) -> str:
@@ -60,11 +77,22 @@ def _parse_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
+def _take(buf: bytearray, count: int) -> bytes:
+    """Remove and return the first ``count`` bytes of ``buf``, copying them once."""
+    with memoryview(buf) as view:
+        data = bytes(view[:count])
+    del buf[:count]
+    return data
+
+
 async def parse_multipart(stream: AsyncIterator[bytes], boundary: str, *,
-                          max_bytes: int) -> AsyncIterator[Part]:
+                          max_bytes: int,
+                          sink: Callable[[dict[str, str]], Sink | None] | None = None
+                          ) -> AsyncIterator[Part]:
     """Yield each part, its body complete and rewound, as soon as its closing boundary arrives.
 
-    The caller owns (and closes) each part. ``max_bytes`` bounds the whole body.
+    The caller owns (and closes) each part. ``max_bytes`` bounds the whole body. ``sink``
+    (given the part's headers) may return a second receiver of the part's bytes.
     """
     if not boundary or len(boundary) > 200:
         raise MultipartError("the Content-Type has no usable boundary parameter")
@@ -106,6 +134,7 @@ async def parse_multipart(stream: AsyncIterator[bytes], boundary: str, *,
                     if buf[:line_end].strip(b" \t"):
                         raise MultipartError("unexpected data after a boundary")
                     part = Part(_parse_headers(bytes(buf[line_end + 2: end])))
+                    part.sink = sink(part.headers) if sink is not None else None
                     del buf[: end + 4]
                     state = "body"
                 if state == "body":
@@ -114,13 +143,10 @@ async def parse_multipart(stream: AsyncIterator[bytes], boundary: str, *,
                     if at < 0:
                         keep = len(delimiter)
                         if len(buf) > keep:
-                            part.body.write(buf[: len(buf) - keep])
-                            part.size += len(buf) - keep
-                            del buf[: len(buf) - keep]
+                            part.write(_take(buf, len(buf) - keep))
                         break
-                    part.body.write(buf[:at])
-                    part.size += at
-                    del buf[: at + len(delimiter)]
+                    part.write(_take(buf, at))
+                    del buf[: len(delimiter)]
                     part.body.seek(0)
                     done, part = part, None
                     state = "after-boundary"
@@ -129,6 +155,8 @@ async def parse_multipart(stream: AsyncIterator[bytes], boundary: str, *,
             raise MultipartError("the body ended before the closing boundary")
     finally:
         if part is not None:
+            if part.sink is not None:
+                part.sink.abort()
             part.close()
 
 

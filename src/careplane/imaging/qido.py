@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 
 from careplane.imaging.attributes import ATTRIBUTES, Attribute, Level, resolve_attribute
 from careplane.imaging.dicomjson import BULK_BASE, person_name_json
-from careplane.imaging.models import DicomInstance, DicomPatient, DicomSeries, DicomStudy
+from careplane.imaging.models import DicomInstance
 from careplane.imaging.query import Criteria, QueryError, matchable
 
-__all__ = ["QidoRequest", "parse_qido", "render_rows"]
+__all__ = ["QidoRequest", "parse_qido", "render_rows", "render_rows_text"]
 
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "emptyvaluematching",
             "multiplevaluematching"}
@@ -102,50 +102,72 @@ def parse_qido(params: Sequence[tuple[str, str]], level: Level, *,
     return request
 
 
-def _value(attr: Attribute, raw: Any) -> dict[str, Any]:
-    if raw is None or raw == "":
-        return {"vr": attr.vr}
-    if attr.vr == "PN":
-        return {"vr": "PN", "Value": [person_name_json(raw)]}
-    if attr.keyword == "ModalitiesInStudy":
-        return {"vr": "CS", "Value": [m for m in str(raw).split("\\") if m]}
-    return {"vr": attr.vr, "Value": [raw]}
+_PLAIN, _NAME, _LIST = 0, 1, 2
 
 
-_STUDY_VALUES = {"patient_name": "patient_name", "patient_id": "patient_id",
-                 "issuer_of_patient_id": "issuer_of_patient_id",
-                 "patient_birth_date": "patient_birth_date", "patient_sex": "patient_sex"}
+def _spec(attrs: list[Attribute], renames: dict[str, str] | None = None
+          ) -> list[tuple[str, str, str, int]]:
+    """(tag, column, VR, kind) for each attribute with a column, in tag order."""
+    out = []
+    for attr in attrs:
+        if attr.column is None:
+            continue
+        kind = _NAME if attr.vr == "PN" else _LIST if attr.keyword == "ModalitiesInStudy" \
+            else _PLAIN
+        out.append((attr.tag, (renames or {}).get(attr.column, attr.column), attr.vr, kind))
+    return sorted(out)
 
 
-def _study_part(study: DicomStudy, out: dict[str, Any]) -> None:
-    for attr in _STUDY_GROUP:
-        if attr.column is not None:
-            out[attr.tag] = _value(attr, getattr(study, attr.column))
-    out["00201206"] = {"vr": "IS", "Value": [study.num_series]}
-    out["00201208"] = {"vr": "IS", "Value": [study.num_instances]}
+_STUDY_SPEC = _spec(_STUDY_GROUP)
+_SERIES_SPEC = _spec(_GROUPS[Level.series])
+_INSTANCE_SPEC = _spec(_GROUPS[Level.instance])
+_PATIENT_SPEC = _spec(_GROUPS[Level.patient], {"patient_birth_date": "birth_date",
+                                               "patient_sex": "sex"})
 
 
-def _series_part(series: DicomSeries, out: dict[str, Any]) -> None:
-    for attr in _GROUPS[Level.series]:
-        if attr.column is not None:
-            out[attr.tag] = _value(attr, getattr(series, attr.column))
-    out["00201209"] = {"vr": "IS", "Value": [series.num_instances]}
+def _text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
-def _instance_part(instance: DicomInstance, out: dict[str, Any]) -> None:
-    for attr in _GROUPS[Level.instance]:
-        if attr.column is not None:
-            out[attr.tag] = _value(attr, getattr(instance, attr.column))
+# Results are assembled as JSON text per attribute: a study list of ten thousand rows then
+# allocates strings (which the cycle collector never scans) rather than hundreds of
+# thousands of small dicts and lists.
+def _fill(row: Any, spec: list[tuple[str, str, str, int]], out: dict[str, str]) -> None:
+    for tag, column, vr, kind in spec:
+        raw = getattr(row, column)
+        if raw is None or raw == "":
+            out[tag] = f'{{"vr":"{vr}"}}'
+        elif kind == _PLAIN:
+            out[tag] = f'{{"vr":"{vr}","Value":[{_text(raw)}]}}'
+        elif kind == _NAME:
+            out[tag] = f'{{"vr":"PN","Value":[{_text(person_name_json(raw))}]}}'
+        else:
+            values = [m for m in str(raw).split("\\") if m]
+            out[tag] = f'{{"vr":"{vr}","Value":{_text(values)}}}'
 
 
-def _patient_part(patient: DicomPatient, out: dict[str, Any]) -> None:
-    values = {"patient_name": patient.patient_name, "patient_id": patient.patient_id,
-              "issuer_of_patient_id": patient.issuer_of_patient_id,
-              "patient_birth_date": patient.birth_date, "patient_sex": patient.sex}
-    for attr in _GROUPS[Level.patient]:
-        if attr.column is not None:
-            out[attr.tag] = _value(attr, values[attr.column])
-    out["00201200"] = {"vr": "IS", "Value": [patient.num_studies]}
+def _is(value: int) -> str:
+    return f'{{"vr":"IS","Value":[{int(value)}]}}'
+
+
+def _study_part(study: Any, out: dict[str, str]) -> None:
+    _fill(study, _STUDY_SPEC, out)
+    out["00201206"] = _is(study.num_series)
+    out["00201208"] = _is(study.num_instances)
+
+
+def _series_part(series: Any, out: dict[str, str]) -> None:
+    _fill(series, _SERIES_SPEC, out)
+    out["00201209"] = _is(series.num_instances)
+
+
+def _instance_part(instance: Any, out: dict[str, str]) -> None:
+    _fill(instance, _INSTANCE_SPEC, out)
+
+
+def _patient_part(patient: Any, out: dict[str, str]) -> None:
+    _fill(patient, _PATIENT_SPEC, out)
+    out["00201200"] = _is(patient.num_studies)
 
 
 def _wants(request: QidoRequest, level: Level) -> bool:
@@ -179,18 +201,30 @@ def _headers(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     return {int(i): orjson.loads(text) for i, text in rows}
 
 
-def _pick(header: dict[str, Any], tags: set[str], out: dict[str, Any]) -> None:
+def _pick(header: dict[str, Any], tags: set[str], out: dict[str, str]) -> None:
     for tag in tags:
         if tag in header and tag not in out:
             value = header[tag]
             if "BulkDataURI" in value and str(value["BulkDataURI"]).startswith(BULK_BASE):
                 continue  # bulk data is not returned by a query
-            out[tag] = value
+            out[tag] = _text(value)
 
 
-def render_rows(session: Session, request: QidoRequest, rows: Sequence[Any], base_url: str
-                ) -> list[dict[str, Any]]:
-    """DICOM JSON objects for one batch of query rows."""
+_CHARSET = '{"vr":"CS","Value":["ISO_IR 192"]}'
+_ONLINE = '{"vr":"CS","Value":["ONLINE"]}'
+
+
+def _url(url: str) -> str:
+    return f'{{"vr":"UR","Value":[{_text(url)}]}}'
+
+
+def _uid(uid: str) -> str:
+    return f'{{"vr":"UI","Value":[{_text(uid)}]}}'
+
+
+def render_rows_text(session: Session, request: QidoRequest, rows: Sequence[Any],
+                     base_url: str) -> list[str]:
+    """The DICOM JSON object of each query row, as JSON text."""
     level = request.criteria.level
     extra = {t for t in request.include if t not in _ANSWERABLE[level]}
     headers: dict[int, dict[str, Any]] = {}
@@ -202,46 +236,52 @@ def render_rows(session: Session, request: QidoRequest, rows: Sequence[Any], bas
         headers = _headers(session, representative.values())
     if request.include_all and level is Level.instance and not headers:
         headers = _headers(session, (r[0].id for r in rows))
+    with_study = level is not Level.patient and _wants(request, Level.study)
+    with_series = level is Level.instance and _wants(request, Level.series)
     results = []
     for row in rows:
-        out: dict[str, Any] = {"00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
+        out: dict[str, str] = {"00080005": _CHARSET}
         if level is Level.patient:
             _patient_part(row[0], out)
         elif level is Level.study:
             study = row[0]
             _study_part(study, out)
-            out["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
-            out["00081190"] = {"vr": "UR", "Value": [
-                f"{base_url}/studies/{study.study_instance_uid}"]}
+            out["00080056"] = _ONLINE
+            out["00081190"] = _url(f"{base_url}/studies/{study.study_instance_uid}")
             if extra:
                 _pick(headers.get(representative.get(study.id, -1), {}), extra, out)
         elif level is Level.series:
             series, study = row
-            if _wants(request, Level.study):
+            if with_study:
                 _study_part(study, out)
-            out[_STUDY_UID] = {"vr": "UI", "Value": [study.study_instance_uid]}
+            out[_STUDY_UID] = _uid(study.study_instance_uid)
             _series_part(series, out)
-            out["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
-            out["00081190"] = {"vr": "UR", "Value": [
-                f"{base_url}/studies/{study.study_instance_uid}/series/"
-                f"{series.series_instance_uid}"]}
+            out["00080056"] = _ONLINE
+            out["00081190"] = _url(f"{base_url}/studies/{study.study_instance_uid}/series/"
+                                   f"{series.series_instance_uid}")
             if extra:
                 _pick(headers.get(representative.get(series.id, -1), {}), extra, out)
         else:
             instance, series, study = row
-            if _wants(request, Level.study):
+            if with_study:
                 _study_part(study, out)
-            if _wants(request, Level.series):
+            if with_series:
                 _series_part(series, out)
-            out[_STUDY_UID] = {"vr": "UI", "Value": [study.study_instance_uid]}
-            out[_SERIES_UID] = {"vr": "UI", "Value": [series.series_instance_uid]}
+            out[_STUDY_UID] = _uid(study.study_instance_uid)
+            out[_SERIES_UID] = _uid(series.series_instance_uid)
             _instance_part(instance, out)
-            out["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
-            out["00081190"] = {"vr": "UR", "Value": [
+            out["00080056"] = _ONLINE
+            out["00081190"] = _url(
                 f"{base_url}/studies/{study.study_instance_uid}/series/"
-                f"{series.series_instance_uid}/instances/{instance.sop_instance_uid}"]}
+                f"{series.series_instance_uid}/instances/{instance.sop_instance_uid}")
             header = headers.get(instance.id)
             if header is not None:
                 _pick(header, set(header) if request.include_all else extra, out)
-        results.append(dict(sorted(out.items())))
+        results.append("{" + ",".join(f'"{tag}":{value}' for tag, value in out.items()) + "}")
     return results
+
+
+def render_rows(session: Session, request: QidoRequest, rows: Sequence[Any], base_url: str
+                ) -> list[dict[str, Any]]:
+    """DICOM JSON objects for one batch of query rows."""
+    return [orjson.loads(text) for text in render_rows_text(session, request, rows, base_url)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import Bundle, InstrumentedAttribute
 
 from careplane.imaging.attributes import Attribute, Level, by_keyword, name_key
 from careplane.imaging.models import DicomInstance, DicomPatient, DicomSeries, DicomStudy
@@ -159,29 +159,44 @@ def _condition(attr: Attribute, column: Any, value: str, fuzzy: bool
     return clauses[0] if len(clauses) == 1 else or_(*clauses)
 
 
+def _bundle(name: str, model: Any, leave_out: tuple[str, ...]) -> Bundle[Any]:
+    columns = [getattr(model, c.name) for c in model.__table__.c if c.name not in leave_out]
+    return Bundle(name, *columns)
+
+
+# What query rows carry: plain column tuples, no ORM objects (a study list of thousands is
+# rendered without building an object per row) and no stored headers.
+_AUDIT = ("created_at", "updated_at", "org_id")
+PATIENT = _bundle("patient", DicomPatient, (*_AUDIT, "fhir_patient_id"))
+STUDY = _bundle("study", DicomStudy, (*_AUDIT, "patient_pk", "fhir_imaging_study_id",
+                                      "fhir_synced_at"))
+SERIES = _bundle("series", DicomSeries, (*_AUDIT, "study_pk"))
+INSTANCE = _bundle("instance", DicomInstance, (*_AUDIT, "metadata_json", "source"))
+
+
 def build_select(criteria: Criteria, org_id: str) -> Select[*tuple[Any, ...]]:
     """The SELECT for a query at ``criteria.level`` inside one organisation, in a stable order.
 
-    Rows are ``(DicomPatient,)``, ``(DicomStudy,)``, ``(DicomSeries, DicomStudy)`` or
-    ``(DicomInstance, DicomSeries, DicomStudy)``.
+    Rows are ``(patient,)``, ``(study,)``, ``(series, study)`` or ``(instance, series,
+    study)``, each a bundle of the columns of that index row.
     """
     level = criteria.level
     query: Select[*tuple[Any, ...]]
     if level is Level.patient:
-        query = select(DicomPatient).where(DicomPatient.org_id == org_id,
-                                           DicomPatient.num_studies > 0)
+        query = select(PATIENT).where(DicomPatient.org_id == org_id,
+                                      DicomPatient.num_studies > 0)
         order: list[Any] = [DicomPatient.id]
     elif level is Level.study:
-        query = select(DicomStudy).where(DicomStudy.org_id == org_id)
+        query = select(STUDY).where(DicomStudy.org_id == org_id)
         order = [DicomStudy.id]
     elif level is Level.series:
-        query = (select(DicomSeries, DicomStudy)
-                 .join(DicomStudy, DicomSeries.study_pk == DicomStudy.id)
+        query = (select(SERIES, STUDY)
+                 .join_from(DicomSeries, DicomStudy, DicomSeries.study_pk == DicomStudy.id)
                  .where(DicomSeries.org_id == org_id))
         order = [DicomStudy.id, DicomSeries.id]
     else:
-        query = (select(DicomInstance, DicomSeries, DicomStudy)
-                 .join(DicomSeries, DicomInstance.series_pk == DicomSeries.id)
+        query = (select(INSTANCE, SERIES, STUDY)
+                 .join_from(DicomInstance, DicomSeries, DicomInstance.series_pk == DicomSeries.id)
                  .join(DicomStudy, DicomInstance.study_pk == DicomStudy.id)
                  .where(DicomInstance.org_id == org_id))
         order = [DicomSeries.id, DicomInstance.instance_number.is_(None),

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -25,7 +28,7 @@ from careplane.imaging.config import DuplicatePolicy, imaging_settings
 from careplane.imaging.dicomjson import dataset_to_json
 from careplane.imaging.models import DicomInstance, DicomPatient, DicomSeries, DicomStudy
 from careplane.imaging.part10 import FailureReason, InvalidInstance, read_instance
-from careplane.platform.blobs import BlobStore, BlobStoreFull, BlobTooLarge
+from careplane.platform.blobs import BlobRef, BlobStore, BlobStoreFull, BlobTooLarge
 from careplane.platform.db import utcnow
 from careplane.platform.events import publish
 from careplane.security import Principal
@@ -33,7 +36,7 @@ from careplane.security.audit import record as audit_record
 from careplane.security.guard import authorize
 from careplane.security.policy import Action, Target
 
-__all__ = ["INSTANCE_STORED", "STUDY_CHANGED", "StoreFailure", "StoredInstance",
+__all__ = ["INSTANCE_STORED", "STUDY_CHANGED", "BlobTee", "StoreFailure", "StoredInstance",
            "store_instance"]
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ _PENDING = "careplane.imaging.changed_studies"
 _LISTENING = "careplane.imaging.listening"
 _ALLOWED = "careplane.imaging.allowed_studies"
 _SPOOL = 64 * 1024 * 1024
+_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="careplane-blob-write")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,54 @@ class StoreFailure:
     @property
     def ok(self) -> bool:
         return False
+
+
+class BlobTee:
+    """Writes bytes to the blob store as they arrive, on a writer thread.
+
+    STOW-RS hands each part's bytes here while it is still receiving the rest, so the file
+    is mostly on disk by the time the part is complete; :func:`store_instance` then takes the
+    finished :class:`BlobRef` instead of writing the file again.
+    """
+
+    def __init__(self, blobs: BlobStore, max_bytes: int | None = None) -> None:
+        self._queue: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+        self._future = _WRITER.submit(blobs.put, self._chunks(), max_bytes=max_bytes)
+        self._open = True
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item  # the blob store discards the partial file
+            yield item
+
+    def write(self, data: bytes) -> None:
+        if self._open and data:
+            self._queue.put(data)
+
+    def finish(self) -> BlobRef | None:
+        """The stored blob, or None if writing it failed (the caller then writes again)."""
+        if self._open:
+            self._open = False
+            self._queue.put(None)
+        try:
+            return self._future.result()
+        except Exception:  # the store path reports the problem when it writes itself
+            return None
+
+    def abort(self) -> None:
+        """Stop: the bytes so far are not kept."""
+        if self._open:
+            self._open = False
+            self._queue.put(_Aborted("the part was not received whole"))
+        wait([self._future])
+
+
+class _Aborted(Exception):
+    pass
 
 
 def _spooled(source: BinaryIO | bytes | bytearray | memoryview) -> BinaryIO:
@@ -217,10 +269,10 @@ def _detach(session: Session, instance: DicomInstance) -> None:
                 _refresh_modalities(session, study)
 
 
-def _index(session: Session, org_id: str, uids: tuple[str, str, str, str, str, str],
+def _index(session: Session, org_id: str, uids: tuple[str, str, str, str, str],
            values: IndexValues, instance_values: dict[str, Any], policy: DuplicatePolicy
            ) -> tuple[DicomInstance, DicomStudy, DicomSeries, str] | StoreFailure:
-    sop_class, sop_uid, study_uid, series_uid, _syntax, _sha = uids
+    sop_class, sop_uid, study_uid, series_uid, _syntax = uids
     existing = session.scalars(select(DicomInstance).where(
         DicomInstance.org_id == org_id, DicomInstance.sop_instance_uid == sop_uid)).first()
     outcome = "stored"
@@ -275,12 +327,15 @@ def _index(session: Session, org_id: str, uids: tuple[str, str, str, str, str, s
 def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
                    source: BinaryIO | bytes | bytearray | memoryview, *,
                    policy: DuplicatePolicy | None = None, origin: str = "",
-                   study_instance_uid: str | None = None) -> StoredInstance | StoreFailure:
+                   study_instance_uid: str | None = None,
+                   written: BlobRef | None = None) -> StoredInstance | StoreFailure:
     """Store one DICOM instance for ``who`` (a caller, or an organisation id).
 
     ``study_instance_uid``: the study the request addressed (STOW-RS ``/studies/{uid}``);
     an instance of another study is refused. ``origin`` labels the path it came by
     (``stow-rs``, ``dimse:MODALITY1``, ``demo``) in the index and the audit trail.
+    ``written``: the same bytes, already put in the blob store while they arrived (used as
+    the stored file when the bytes are a Part-10 file as they are).
     Raises only for a refused authorisation (HTTP 403); every problem with the instance
     itself comes back as a :class:`StoreFailure`.
     """
@@ -301,28 +356,43 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
         return StoreFailure(FailureReason.out_of_resources,
                             f"the instance has {received.size} bytes; the limit is {limit}", *ids)
     _admit(session, who, org_id, received.study_instance_uid, origin)
+    # The file goes to the blob store while the header is indexed: writing megabytes is
+    # mostly waiting for the kernel, which the indexing work can use.
+    writing: Future[BlobRef]
+    if written is not None and not received.header and written.size == received.size:
+        writing = Future()
+        writing.set_result(written)
+    else:
+        writing = _WRITER.submit(blobs.put, received.chunks())
     try:
-        blob = blobs.put(received.chunks())
-    except (BlobStoreFull, BlobTooLarge) as exc:
-        return StoreFailure(FailureReason.out_of_resources, str(exc), *ids)
-    metadata = dataset_to_json(received.dataset, received.transfer_syntax_uid)
-    values = index_values(received.dataset)
-    instance_values = {**values.instance, "transfer_syntax_uid": received.transfer_syntax_uid,
-                       "blob_sha256": blob.sha256, "size": blob.size,
-                       "metadata_json": metadata, "source": origin[:100]}
-    uids = (*ids, received.series_instance_uid, received.transfer_syntax_uid, blob.sha256)
-    try:
+        metadata = dataset_to_json(received.dataset, received.transfer_syntax_uid)
+        values = index_values(received.dataset)
+        instance_values = {**values.instance,
+                           "transfer_syntax_uid": received.transfer_syntax_uid,
+                           "blob_sha256": "", "size": 0, "metadata_json": metadata,
+                           "source": origin[:100]}
+        uids = (*ids, received.series_instance_uid, received.transfer_syntax_uid)
         with session.begin_nested():
             result = _index(session, org_id, uids, values, instance_values, policy)
             if isinstance(result, StoreFailure):
                 raise _Refused(result)
+            blob = writing.result()
+            instance = result[0]
+            if result[3] != "kept-existing":
+                instance.blob_sha256, instance.size = blob.sha256, blob.size
+                session.flush()
     except _Refused as refused:
         return refused.failure
+    except (BlobStoreFull, BlobTooLarge) as exc:
+        return StoreFailure(FailureReason.out_of_resources, str(exc), *ids)
     except IntegrityError as exc:
         log.warning("instance %s not indexed: %s", received.sop_instance_uid, exc.orig)
         return StoreFailure(FailureReason.processing_failure,
                             "the instance conflicts with one stored at the same moment; "
                             "send it again", *ids)
+    finally:
+        if not writing.done():
+            wait([writing])
     instance, study, series, outcome = result
     if outcome != "kept-existing":
         publish(session, INSTANCE_STORED, {
@@ -331,7 +401,7 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
             "sop_instance_uid": received.sop_instance_uid,
             "sop_class_uid": received.sop_class_uid, "modality": series.modality,
             "transfer_syntax_uid": received.transfer_syntax_uid,
-            "blob_sha256": blob.sha256, "size": blob.size, "outcome": outcome,
+            "blob_sha256": instance.blob_sha256, "size": instance.size, "outcome": outcome,
             "patient_id": study.patient_id}, org_id=org_id)
         _note_study_changed(session, study.id, org_id)
     return StoredInstance(instance_pk=instance.id, org_id=org_id,
