@@ -5,10 +5,7 @@ route over HTTP, and the test reports every cell that disagrees. Where a list is
 answer must carry no data of the other organisation.
 
 Known gaps (cells that disagree today, kept here so that fixing them is noticed: a gap that
-closes fails this test until it is removed from ``KNOWN_GAPS``):
-
-* ``/api/jobs`` lists the organisation's jobs to any signed-in user, patients included; the
-  jobs routes do not ask the policy (``_ROLE_RIGHTS["jobs"]`` excludes patients).
+closes fails this test until it is removed from ``KNOWN_GAPS``): none at present.
 """
 
 from __future__ import annotations
@@ -108,7 +105,7 @@ FAMILIES = [
            EVERYONE),
 ]
 
-KNOWN_GAPS = {("jobs: list", Role.patient)}
+KNOWN_GAPS: set[tuple[str, Role]] = set()
 
 
 def _world(client: TestClient, accounts: Accounts, db: Database) -> World:

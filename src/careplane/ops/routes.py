@@ -15,6 +15,8 @@ from careplane.platform.db import DatabaseUnavailable
 from careplane.platform.jobs._service import JobStateError
 from careplane.security import Principal
 from careplane.security.deps import PrincipalDep
+from careplane.security.guard import authorize
+from careplane.security.policy import Action, Target
 
 router = APIRouter()
 
@@ -35,17 +37,23 @@ def readyz(platform: PlatformDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "database": platform.db.url.get_backend_name()})
 
 
-def _job_for(session: SessionDep, job_id: str, principal: Principal) -> jobs.Job:
+def _job_for(session: SessionDep, job_id: str, principal: Principal,
+             action: Action = Action.read) -> jobs.Job:
+    """The caller's organisation's job, after the policy allowed (and audited) the access."""
     try:
-        return jobs.get_job(session, job_id, org_id=principal.org_id)
+        job = jobs.get_job(session, job_id, org_id=principal.org_id)
     except jobs.JobNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from None
+    authorize(session, principal, action, Target(kind="jobs:job", org_id=job.org_id, id=job.id))
+    return job
 
 
 @router.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
 def list_jobs(session: SessionDep, principal: PrincipalDep,
               status_: Annotated[jobs.JobStatus | None, Query(alias="status")] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobOut]:
+    authorize(session, principal, Action.search,
+              Target(kind="jobs:job", org_id=principal.org_id))
     rows = jobs.list_jobs(session, org_id=principal.org_id,
                           status=status_.value if status_ else None, limit=limit)
     return [JobOut.of(j) for j in rows]
@@ -65,7 +73,7 @@ def get_logs(job_id: str, session: SessionDep, principal: PrincipalDep,
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"])
 def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
-    job = _job_for(session, job_id, principal)
+    job = _job_for(session, job_id, principal, Action.update)
     try:
         return JobOut.of(jobs.cancel(session, job))
     except JobStateError as exc:
@@ -74,7 +82,7 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
 
 @router.post("/api/jobs/{job_id}/retry", response_model=JobOut, tags=["jobs"])
 def retry_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
-    job = _job_for(session, job_id, principal)
+    job = _job_for(session, job_id, principal, Action.update)
     try:
         return JobOut.of(jobs.retry(session, job))
     except JobStateError as exc:

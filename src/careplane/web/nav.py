@@ -32,4 +32,5 @@ def items_for(principal: Principal) -> list[NavItem]:
 
 register(NavItem("dashboard", "Dashboard", "/", "Your work at a glance"))
 register(NavItem("jobs", "Jobs", "/jobs",
-                 "Pipelines, AI inference and exports: progress, logs, cancel and retry"))
+                 "Pipelines, AI inference and exports: progress, logs, cancel and retry",
+                 roles=frozenset(r for r in Role if r is not Role.patient)))

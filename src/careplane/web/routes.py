@@ -9,6 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
 from careplane._version import __version__
 from careplane.deps import PlatformDep
@@ -16,7 +17,9 @@ from careplane.ops.schemas import JobLogOut, JobOut
 from careplane.platform import jobs
 from careplane.security import Principal
 from careplane.security.deps import CSRF_COOKIE, SESSION_COOKIE, authenticate_request
+from careplane.security.guard import authorize
 from careplane.security.identity import authenticate, issue_token, resolve_token, revoke_token
+from careplane.security.policy import Action, Target, decide
 from careplane.web.nav import items_for
 
 router = APIRouter(include_in_schema=False)
@@ -56,6 +59,17 @@ def _safe_next(target: str | None) -> str:
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
+
+
+def _jobs_seen_by(session: Session, principal: Principal, *, limit: int = 100,
+                  quiet: bool = False) -> list[JobOut]:
+    """The organisation's jobs, through the access policy; ``quiet`` (the dashboard summary)
+    shows nothing instead of refusing when the policy says no."""
+    target = Target(kind="jobs:job", org_id=principal.org_id)
+    if quiet and not decide(principal, Action.search, target).allowed:
+        return []
+    authorize(session, principal, Action.search, target)
+    return [JobOut.of(j) for j in jobs.list_jobs(session, org_id=principal.org_id, limit=limit)]
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -112,8 +126,7 @@ def dashboard(request: Request, platform: PlatformDep, principal: MaybePrincipal
     if principal is None:
         return _login_redirect(request)
     with platform.session() as session:
-        recent = [JobOut.of(j) for j in jobs.list_jobs(session, org_id=principal.org_id,
-                                                       limit=5)]
+        recent = _jobs_seen_by(session, principal, limit=5, quiet=True)
     return render(request, "dashboard.html", principal, recent=recent, active="dashboard")
 
 
@@ -122,7 +135,7 @@ def jobs_page(request: Request, platform: PlatformDep, principal: MaybePrincipal
     if principal is None:
         return _login_redirect(request)
     with platform.session() as session:
-        rows = [JobOut.of(j) for j in jobs.list_jobs(session, org_id=principal.org_id)]
+        rows = _jobs_seen_by(session, principal)
         counts = jobs.job_counts(session, org_id=principal.org_id)
     return render(request, "jobs.html", principal, jobs=rows, counts=counts, active="jobs")
 
@@ -132,7 +145,7 @@ def jobs_table(request: Request, platform: PlatformDep, principal: MaybePrincipa
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "authentication required")
     with platform.session() as session:
-        rows = [JobOut.of(j) for j in jobs.list_jobs(session, org_id=principal.org_id)]
+        rows = _jobs_seen_by(session, principal)
         counts = jobs.job_counts(session, org_id=principal.org_id)
     return render(request, "_jobs_table.html", principal, jobs=rows, counts=counts)
 
@@ -147,6 +160,8 @@ def job_page(job_id: str, request: Request, platform: PlatformDep,
             job = jobs.get_job(session, job_id, org_id=principal.org_id)
         except jobs.JobNotFound:
             return render(request, "error.html", principal, 404, message="No such job.")
+        authorize(session, principal, Action.read,
+                  Target(kind="jobs:job", org_id=job.org_id, id=job.id))
         logs = [JobLogOut.of(r) for r in jobs.job_logs(session, job.id)]
         out = JobOut.of(job)
     return render(request, "job.html", principal, job=out, logs=logs, active="jobs")
