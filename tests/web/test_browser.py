@@ -53,7 +53,7 @@ def test_log_in_and_see_the_dashboard(browser: object, server: str, db: Database
         page.fill("input[name=username]", "mina")
         page.fill("input[name=password]", "wrong-password")
         page.click("button[type=submit]")
-        assert page.locator("[role=alert]").inner_text() == "Wrong username or password."
+        assert page.locator("[role=alert]").inner_text() == "Wrong username, password or code."
         page.fill("input[name=password]", "mina-password")
         page.click("button[type=submit]")
         page.wait_for_url(server + "/")

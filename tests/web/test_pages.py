@@ -46,7 +46,7 @@ def test_wrong_password_is_refused_politely(client: TestClient, accounts: Accoun
     response = client.post("/login", data={"username": "mina", "password": "nope",
                                            "csrf": _csrf(page.text)})
     assert response.status_code == 401
-    assert "Wrong username or password." in response.text
+    assert "Wrong username, password or code." in response.text
     assert "careplane_session" not in response.cookies
 
 
@@ -102,3 +102,33 @@ def test_forged_non_ascii_csrf_token_is_refused_not_crashed(client: TestClient,
     assert response.status_code == 403
     client.cookies.set("careplane_session", "x")
     assert client.post("/logout", data={"csrf": "é"}).status_code == 403
+
+
+def test_staff_with_a_second_factor_sign_in_with_a_code(client: TestClient,
+                                                       accounts: Accounts) -> None:
+    import base64
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    from careplane.security.totp import STEP, code_at
+
+    doctor = accounts.make("doctor")
+    uri = client.post("/api/auth/totp", headers=doctor.headers).json()["otpauth_uri"]
+    value = parse_qs(urlsplit(uri).query)["secret"][0]
+    secret = base64.b32decode(value + "=" * (-len(value) % 8))
+    step = int(time.time() // STEP)
+    assert client.post("/api/auth/totp/confirm", json={"code": code_at(secret, step)},
+                       headers=doctor.headers).status_code == 204
+
+    page = client.get("/login")
+    asked = client.post("/login", data={"username": "doctor", "password": doctor.password,
+                                        "csrf": _csrf(page.text)})
+    assert asked.status_code == 401
+    assert 'name="otp"' in asked.text
+    assert "careplane_session" not in asked.cookies
+    signed_in = client.post("/login", data={"username": "doctor", "password": doctor.password,
+                                            "otp": code_at(secret, step + 1),
+                                            "csrf": _csrf(asked.text)},
+                            follow_redirects=False)
+    assert signed_in.status_code == 303
+    assert client.get("/").status_code == 200

@@ -18,7 +18,7 @@ from careplane.platform import jobs
 from careplane.security import Principal
 from careplane.security.deps import CSRF_COOKIE, SESSION_COOKIE, authenticate_request
 from careplane.security.guard import authorize
-from careplane.security.identity import authenticate, issue_token, resolve_token, revoke_token
+from careplane.security.identity import check_login, issue_token, resolve_token, revoke_token
 from careplane.security.policy import Action, Target, decide
 from careplane.web.nav import items_for
 
@@ -83,16 +83,24 @@ def login_page(request: Request, principal: MaybePrincipal, next: str = "/") -> 
 def login(request: Request, platform: PlatformDep,
           username: Annotated[str, Form(max_length=150)],
           password: Annotated[str, Form(max_length=1000)],
-          csrf: Annotated[str, Form()], next: Annotated[str, Form()] = "/") -> Response:
+          csrf: Annotated[str, Form()], next: Annotated[str, Form()] = "/",
+          otp: Annotated[str | None, Form(max_length=10)] = None) -> Response:
     if not _same_token(csrf, request.cookies.get(CSRF_COOKIE, "")):
         return render(request, "login.html", None, 403, next=_safe_next(next),
                       error="Your session form expired; please try again.")
     with platform.session() as session:
-        user = authenticate(session, username, password)
+        result = check_login(session, username, password, totp=(otp or "").strip() or None,
+                             secret_key=platform.settings.secret_key)
         session.commit()
+        if result.needs_code:
+            return render(request, "login.html", None, 401, next=_safe_next(next),
+                          username=username, ask_code=True,
+                          error="Enter the 6-digit code from your authenticator app.")
+        user = result.user
         if user is None:
             return render(request, "login.html", None, 401, next=_safe_next(next),
-                          username=username, error="Wrong username or password.")
+                          username=username, ask_code=bool(otp),
+                          error="Wrong username, password or code.")
         issued = issue_token(session, user, kind="session", name="web",
                              lifetime=timedelta(hours=platform.settings.session_hours))
     response = RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
