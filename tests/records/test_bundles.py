@@ -75,6 +75,9 @@ def test_transaction_resolves_urn_uuid_references(fhir: Fhir) -> None:
     assert out[3]["resource"]["id"] == pid
     assert out[4]["response"]["status"] == "204 No Content"
     assert len(fhir.ids("Observation", {"patient": pid})) == 3
+    minimal = fhir.post("", bundle("transaction", entry("POST", "Patient", patient())),
+                        headers={"Prefer": "return=minimal"}).json()["entry"][0]
+    assert "resource" not in minimal and minimal["response"]["location"]
 
 
 @pytest.mark.parametrize("failing", ["invalid", "if-match", "dangling", "conditional"])

@@ -456,8 +456,12 @@ def _batch(session: Session, principal: Principal, entries: list[_Entry], base: 
 
 
 def process_bundle(session: Session, principal: Principal, bundle: Any, *, base: str,
-                   max_entries: int) -> dict[str, Any]:
-    """Run a batch or transaction Bundle and return its response Bundle."""
+                   max_entries: int, minimal: bool = False) -> dict[str, Any]:
+    """Run a batch or transaction Bundle and return its response Bundle.
+
+    ``minimal`` (``Prefer: return=minimal``) leaves the written resources out of the
+    response: each entry still carries its status, location and ETag.
+    """
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise FhirError.of(400, "invalid", "POST to the base takes a batch or transaction "
                            "Bundle; to store another resource, POST it to its type")
@@ -478,7 +482,7 @@ def process_bundle(session: Session, principal: Principal, bundle: Any, *, base:
     out = []
     for e in entries:
         item: dict[str, Any] = {}
-        if e.result is not None:
+        if e.result is not None and not (minimal and e.method != "GET"):
             if e.rtype and e.rid and e.method != "GET":
                 item["fullUrl"] = f"{base}/{e.rtype}/{e.rid}"
             item["resource"] = e.result

@@ -230,7 +230,8 @@ def bundle(request: Request, platform: PlatformDep, principal: PrincipalDep, bod
     base = base_url(request)
     with platform.session() as session:
         result = process_bundle(session, principal, body, base=base,
-                                max_entries=cfg.max_bundle_entries)
+                                max_entries=cfg.max_bundle_entries,
+                                minimal=prefer(request).get("return") == "minimal")
     return fhir_json(result)
 
 
