@@ -190,6 +190,17 @@ def _query_value(kind: str, row: dict[str, Any]) -> str | None:
         return _escape(row["url"]) if row["url"] else None
     if kind == "uri":
         return _escape(row["value"])
+    if kind == "composite":
+        head = f"{_escape(row['a_system'] or '')}|{_escape(row['a_code'])}"
+        if row["low"] is not None and row["low"] == row["high"] \
+                and abs(row["low"]) != float("inf"):
+            tail = repr(float(row["low"]))
+            if row["code"]:
+                tail += f"|{_escape(row['system'] or '')}|{_escape(row['code'])}"
+            return f"{head}${tail}"
+        if row["code"] and row["low"] is None:
+            return f"{head}${_escape(row['system'] or '')}|{_escape(row['code'])}"
+        return None
     if kind in ("number", "quantity"):
         if row["low"] != row["high"] or abs(row["low"]) == float("inf"):
             return None

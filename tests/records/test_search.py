@@ -108,6 +108,32 @@ def test_quantities_numbers_and_units(fhir: Fhir, people: dict[str, str]) -> Non
     assert bad.status_code == 400
 
 
+def test_composite_parameters(fhir: Fhir, people: dict[str, str]) -> None:
+    ids = fhir.ids
+    assert ids("Observation", {"code-value-quantity": "http://loinc.org|8867-4$gt80"}) == \
+        [people["hr2"]]
+    assert ids("Observation", {"code-value-quantity": "8867-4$72"}) == [people["hr1"]]
+    # the same value under another code does not match: both parts on one row
+    assert ids("Observation", {"code-value-quantity": "2339-0$72"}) == []
+    assert ids("Observation", {"code-value-quantity":
+                               "2339-0$1|http://unitsofmeasure.org|g/L"}) == [people["glu"]]
+    bp = fhir.create({"resourceType": "Observation", "status": "final",
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                      "subject": {"reference": f"Patient/{people['peter']}"},
+                      "component": [
+                          {"code": {"coding": [{"system": "http://loinc.org",
+                                                "code": "8480-6"}]},
+                           "valueQuantity": {"value": 150, "unit": "mm[Hg]"}},
+                          {"code": {"coding": [{"system": "http://loinc.org",
+                                                "code": "8462-4"}]},
+                           "valueQuantity": {"value": 95, "unit": "mm[Hg]"}}]})["id"]
+    assert ids("Observation", {"component-code-value-quantity": "8480-6$gt140"}) == [bp]
+    assert ids("Observation", {"component-code-value-quantity": "8462-4$gt140"}) == []
+    assert ids("Observation", {"combo-code-value-quantity": "8462-4$95"}) == [bp]
+    assert fhir.get("Observation", params={"code-value-quantity": "8867-4"}).status_code == 400
+    assert fhir.get("Observation", params={"_sort": "code-value-quantity"}).status_code == 400
+
+
 def test_references_chains_and_reverse_chains(fhir: Fhir, people: dict[str, str]) -> None:
     ids = fhir.ids
     peter, zoe = people["peter"], people["zoe"]

@@ -35,6 +35,13 @@ def test_values_are_parsed_by_type() -> None:
     assert typed.values == (ReferenceValue("Patient", "2", None),)
 
 
+def test_escapes_survive_until_each_value_is_split() -> None:
+    (crit,) = parse_search("Patient", [("identifier", r"urn:a\|b|x\,y\$z,plain")]).criteria
+    assert crit.values == (TokenValue("urn:a|b", "x,y$z"), TokenValue(None, "plain"))
+    (name,) = parse_search("Patient", [("name", r"a\\b")]).criteria
+    assert name.values == ("a\\b",)
+
+
 def test_number_precision_sets_the_equality_range() -> None:
     assert parse_number("n", "100") == NumberValue("eq", 100.0, 99.5, 100.5)
     hundred = parse_number("n", "100.00")

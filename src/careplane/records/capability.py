@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from careplane._version import __version__
-from careplane.records.indexer import indexed_params
+from careplane.records.indexer import composite_params, indexed_params
 from careplane.records.search_params import MODIFIERS
 from careplane.records.spec import resource_types, search_parameters, source
 
@@ -31,7 +31,9 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
     for code in ("_id", "_lastUpdated"):
         p = spec[code]
         out.append({"name": code, "definition": p.url, "type": p.type})
-    for param, _ in indexed_params(resource_type):
+    params = [p for p, _ in indexed_params(resource_type)] + \
+        [p for p, _ in composite_params(resource_type)]
+    for param in params:
         entry: dict[str, Any] = {"name": param.code, "definition": param.url, "type": param.type}
         mods = sorted(MODIFIERS.get(param.type, ()))
         if mods:
@@ -41,7 +43,6 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
 
 
 def _resource(resource_type: str) -> dict[str, Any]:
-    spec = search_parameters(resource_type)
     refs = sorted(f"{resource_type}:{p.code}" for p, _ in indexed_params(resource_type)
                   if p.type == "reference")
     revs = sorted(f"{t}:{p.code}" for t in resource_types() for p, _ in indexed_params(t)
@@ -64,7 +65,6 @@ def _resource(resource_type: str) -> dict[str, Any]:
     }
     if resource_type == "Patient":
         entry["operation"].append({"name": "everything", "definition": _OPS["everything"]})
-    del spec
     return entry
 
 

@@ -28,7 +28,8 @@ from fhirpathpy.models import models as _fhirpath_models
 
 from careplane.records.spec.expressions import ANY_RESOURCE_ROOTS, split_union
 
-__all__ = ["PRIMITIVE_TYPES", "Extractor", "Node", "compile_expression", "reference_type"]
+__all__ = ["PRIMITIVE_TYPES", "Extractor", "Node", "compile_composite", "compile_expression",
+           "reference_type"]
 
 _MODEL: dict[str, Any] = _fhirpath_models["r4"]
 _PATH_TYPES: dict[str, str] = _MODEL["path2Type"]
@@ -93,6 +94,7 @@ _Op = _Get | _Filter | _First
 class _Route:
     ops: tuple[_Op, ...]
     type: str
+    context: str = ""  # where a relative expression continues from (for composites)
 
 
 def _type_name(choice: str) -> str:
@@ -200,7 +202,11 @@ def _has_child(field: str, literal: str) -> Callable[[Any], bool]:
     return test
 
 
-def _compile_member(member: str, resource_type: str) -> list[_Route]:
+def _compile_member(member: str, resource_type: str, context: str | None = None
+                    ) -> list[_Route]:
+    """Routes of one union member; with ``context`` the member is relative to that model
+    path or type (a composite's component, ``value.as(Quantity)`` within
+    ``Observation.component``)."""
     cast: str | None = None
     tail = ""
     text = member.strip()
@@ -215,10 +221,16 @@ def _compile_member(member: str, resource_type: str) -> list[_Route]:
     if cast is not None:
         segments.append(f"as({cast})")
     segments += [s for s in tail.split(".") if s]
-    root = segments[0]
-    if root != resource_type and root not in ANY_RESOURCE_ROOTS:
-        raise _Unsupported(f"member rooted at {root!r}")
-    steps = [_Step((), resource_type, resource_type)]
+    if context is not None:
+        segments = ["", *segments]
+        steps = [_Step((), context, context)]
+    else:
+        root = segments[0]
+        if root != resource_type and root not in ANY_RESOURCE_ROOTS:
+            if _lookup(resource_type, root) is None:
+                raise _Unsupported(f"member rooted at {root!r}")
+            segments = [resource_type, *segments]  # a path relative to the resource
+        steps = [_Step((), resource_type, resource_type)]
     pending: str | None = None  # an element name whose choice a following as() narrows
     for seg in segments[1:]:
         sm = _SEGMENT.fullmatch(seg)
@@ -250,7 +262,7 @@ def _compile_member(member: str, resource_type: str) -> list[_Route]:
             steps = [_Step((*s.ops, _Filter(test)), s.context, s.type) for s in steps]
     if pending is not None:
         steps = [c for s in steps for c in _children(s, pending)]
-    return [_Route(s.ops, s.type) for s in steps]
+    return [_Route(s.ops, s.type, s.context) for s in steps]
 
 
 def _flatten(values: Iterable[Any]) -> Iterator[Any]:
@@ -299,6 +311,30 @@ def _fhirpath_extractor(expression: str) -> Extractor:
         except Exception:
             return []
         return [Node(v, "") for v in values if v is not None]
+
+    return extract
+
+
+def compile_composite(expression: str, resource_type: str, components: tuple[str, ...]
+                      ) -> Callable[[dict[str, Any]], list[tuple[list[Node], ...]]] | None:
+    """For a composite parameter: each value its expression selects, with what each
+    component expression (relative to that value) selects in it. None if not compilable."""
+    try:
+        routes = [r for member in split_union(expression)
+                  for r in _compile_member(member, resource_type)]
+        parts = [[[p for m in split_union(c) for p in _compile_member(m, resource_type,
+                                                                       r.context)]
+                  for c in components] for r in routes]
+    except _Unsupported:
+        return None
+
+    def extract(resource: dict[str, Any]) -> list[tuple[list[Node], ...]]:
+        out: list[tuple[list[Node], ...]] = []
+        for route, comps in zip(routes, parts, strict=True):
+            for node in _run(route, resource):
+                out.append(tuple([n for sub in comp for n in _run(sub, node.value)]
+                                 for comp in comps))
+        return out
 
     return extract
 

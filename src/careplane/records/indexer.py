@@ -15,13 +15,13 @@ the reference rows of the parameters the CompartmentDefinitions list.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 from careplane.records.errors import FhirError
-from careplane.records.extract import Extractor, Node, compile_expression
+from careplane.records.extract import Extractor, Node, compile_composite, compile_expression
 from careplane.records.spec import (
     COMPARTMENTS,
     SearchParam,
@@ -38,10 +38,14 @@ from careplane.records.values import (
     parse_reference,
 )
 
-__all__ = ["INDEXED_TYPES", "IndexRows", "index_resource", "indexed_params"]
+__all__ = ["COMPOSITE_SECONDS", "INDEXED_TYPES", "IndexRows", "composite_params",
+           "index_resource", "indexed_params"]
 
 #: Search-parameter types that have an index table.
-INDEXED_TYPES = frozenset({"string", "token", "date", "reference", "quantity", "number", "uri"})
+INDEXED_TYPES = frozenset({"string", "token", "date", "reference", "quantity", "number", "uri",
+                           "composite"})
+#: What the second part of an indexed composite may be (the first is always a token).
+COMPOSITE_SECONDS = frozenset({"token", "quantity", "date", "string", "number"})
 # Parameters on the resource row itself, searched without an index table.
 _ON_RESOURCE_ROW = frozenset({"_id", "_lastUpdated"})
 
@@ -76,9 +80,31 @@ def indexed_params(resource_type: str) -> tuple[tuple[SearchParam, Extractor], .
     """The parameters of ``resource_type`` that have an index table, with their extractors."""
     out = []
     for code, param in search_parameters(resource_type).items():
-        if param.type not in INDEXED_TYPES or code in _ON_RESOURCE_ROW or not param.expression:
+        if param.type not in INDEXED_TYPES or param.type == "composite" \
+                or code in _ON_RESOURCE_ROW or not param.expression:
             continue
         out.append((param, compile_expression(param.expression, resource_type)))
+    return tuple(out)
+
+
+CompositeExtractor = Callable[[dict[str, Any]], list[tuple[list[Node], ...]]]
+
+
+@cache
+def composite_params(resource_type: str) -> tuple[tuple[SearchParam, CompositeExtractor], ...]:
+    """The composite parameters indexed here: two parts, a token then a token, quantity,
+    date, string or number (every R4 composite but three)."""
+    out = []
+    for param in search_parameters(resource_type).values():
+        if param.type != "composite" or not param.expression or len(param.components) != 2:
+            continue
+        first, second = param.components
+        if first.type != "token" or second.type not in COMPOSITE_SECONDS:
+            continue
+        extract = compile_composite(param.expression, resource_type,
+                                    (first.expression, second.expression))
+        if extract is not None:
+            out.append((param, extract))
     return tuple(out)
 
 
@@ -364,6 +390,23 @@ def index_resource(resource: dict[str, Any]) -> IndexRows:
                     if u not in seen:
                         seen.add(u)
                         out.add(kind, {**base, "value": u})
+    for param, extract_parts in composite_params(rtype):
+        where = f"{rtype}.{param.code}"
+        second_type = param.components[1].type
+        seen_rows: set[tuple[Any, ...]] = set()
+        for firsts, seconds in extract_parts(resource):
+            heads = [(sys_, code) for n in firsts for sys_, code, _ in _tokens(n)
+                     if code is not None]
+            tails = [t for n in seconds for t in _composite_second(second_type, n, where)]
+            for a_system, a_code in heads:
+                for tail in tails:
+                    row = {"resource_type": rtype, "param": param.code,
+                           "a_system": cut(a_system) if a_system else None,
+                           "a_code": cut(a_code), **_COMPOSITE_EMPTY, **tail}
+                    row_key = tuple(sorted(row.items(), key=lambda kv: kv[0]))
+                    if row_key not in seen_rows:
+                        seen_rows.add(row_key)
+                        out.add("composite", row)
     for compartment, codes in _compartment_params(rtype):
         members: list[str] = []
         if compartment == rtype and isinstance(resource.get("id"), str):
@@ -374,6 +417,34 @@ def index_resource(resource: dict[str, Any]) -> IndexRows:
                     members.append(tid)
         out.compartments.extend((compartment, m) for m in members)
     return out
+
+
+_COMPOSITE_EMPTY: dict[str, Any] = {
+    "system": None, "code": None, "low": None, "high": None, "canonical_low": None,
+    "canonical_high": None, "canonical_code": None, "date_low": None, "date_high": None,
+    "value": None, "exact": None}
+
+
+def _composite_second(kind: str, node: Node, where: str) -> Iterator[dict[str, Any]]:
+    """The columns of a composite's second part, by its type."""
+    if kind == "token":
+        for system, code, _ in _tokens(node):
+            if code is not None:
+                yield {"system": cut(system) if system else None, "code": cut(code)}
+    elif kind == "quantity":
+        for q in _quantities(node):
+            yield {k: q[k] for k in ("low", "high", "system", "code", "canonical_low",
+                                     "canonical_high", "canonical_code")}
+    elif kind == "number":
+        for low, high in _numbers(node):
+            yield {"low": low, "high": high}
+    elif kind == "date":
+        for low, high in _dates(node, where):
+            yield {"date_low": low, "date_high": high}
+    elif kind == "string":
+        for text in _strings(node):
+            if fold(text):
+                yield {"value": fold(text), "exact": text}
 
 
 def _compartment_order(code: str) -> tuple[int, str]:

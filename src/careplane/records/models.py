@@ -34,6 +34,7 @@ from careplane.platform.db import Base, JSONType, UTCDateTime
 __all__ = [
     "INDEX_TABLES",
     "idx_compartment",
+    "idx_composite",
     "idx_date",
     "idx_number",
     "idx_quantity",
@@ -162,6 +163,26 @@ idx_uri = _index_table(
     indexes=(("resource_type", "param", "value"),),
 )
 
+idx_composite = _index_table(
+    "fhir_idx_composite",
+    # the first component, a token (code in code-value-quantity)
+    Column("a_system", String(INDEXED_CHARS)),
+    Column("a_code", String(INDEXED_CHARS)),
+    # the second component, in the columns of its own type
+    Column("system", String(INDEXED_CHARS)),
+    Column("code", String(INDEXED_CHARS)),
+    Column("low", Float),
+    Column("high", Float),
+    Column("canonical_low", Float),
+    Column("canonical_high", Float),
+    Column("canonical_code", String(INDEXED_CHARS)),
+    Column("date_low", UTCDateTime),
+    Column("date_high", UTCDateTime),
+    Column("value", _FOLDED),
+    Column("exact", Text),
+    indexes=(("resource_type", "param", "a_code"),),
+)
+
 idx_compartment = Table(
     "fhir_idx_compartment",
     metadata,
@@ -176,6 +197,7 @@ idx_compartment = Table(
 
 #: The index table of each search-parameter type that careplane indexes.
 INDEX_TABLES: dict[str, Table] = {
+    "composite": idx_composite,
     "string": idx_string,
     "token": idx_token,
     "date": idx_date,

@@ -19,12 +19,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from careplane.records.errors import FhirError, Issue
-from careplane.records.indexer import INDEXED_TYPES
+from careplane.records.indexer import INDEXED_TYPES, composite_params
 from careplane.records.spec import SearchParam, resource_types, search_parameters
 from careplane.records.values import DateRange, date_range, parse_reference
 
 __all__ = [
     "PREFIXES",
+    "CompositeValue",
     "Criterion",
     "Include",
     "NumberValue",
@@ -35,6 +36,7 @@ __all__ = [
     "TokenValue",
     "parse_search",
     "split_values",
+    "unescape",
 ]
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -49,6 +51,7 @@ MODIFIERS: dict[str, frozenset[str]] = {
     "quantity": frozenset({"missing"}),
     "reference": frozenset({"missing"}),  # plus :Type, checked apart
     "uri": frozenset({"below", "above", "missing"}),
+    "composite": frozenset({"missing"}),
 }
 RESULT_PARAMS = frozenset({"_count", "_sort", "_include", "_revinclude", "_summary",
                            "_elements", "_total", "_format", "_pretty", "_cursor",
@@ -95,7 +98,17 @@ class ReferenceValue:
     url: str | None
 
 
-Value = str | TokenValue | NumberValue | QuantityValue | DateValue | ReferenceValue
+@dataclass(frozen=True, slots=True)
+class CompositeValue:
+    """``code$value``: a token, and the second part parsed by its own type."""
+
+    first: TokenValue
+    second: str | TokenValue | NumberValue | QuantityValue | DateValue
+    second_type: str
+
+
+Value = str | TokenValue | NumberValue | QuantityValue | DateValue | ReferenceValue | \
+    CompositeValue
 
 
 @dataclass(frozen=True)
@@ -158,12 +171,16 @@ class SearchRequest:
 
 
 def split_values(raw: str) -> list[str]:
-    """Split on commas that are not escaped with a backslash; unescape ``\\,`` ``\\|`` ``\\$``."""
+    """Split on commas that are not escaped with a backslash.
+
+    Only ``\\,`` is resolved here; the other escapes (``\\|``, ``\\$``, ``\\\\``) stay for the
+    value's own parser, which splits on them before unescaping.
+    """
     out, cur, i = [], [], 0
     while i < len(raw):
         ch = raw[i]
         if ch == "\\" and i + 1 < len(raw):
-            cur.append(raw[i + 1])
+            cur.append(raw[i + 1] if raw[i + 1] == "," else raw[i:i + 2])
             i += 2
             continue
         if ch == ",":
@@ -176,17 +193,32 @@ def split_values(raw: str) -> list[str]:
     return out
 
 
-def _split_token(raw: str) -> tuple[str | None, str | None]:
-    """``system|code`` honouring ``\\|``; returns (None, code) when there is no bar."""
-    i = 0
+def unescape(raw: str) -> str:
+    """Resolve the search syntax's backslash escapes (``\\|`` ``\\$`` ``\\,`` ``\\\\``)."""
+    return re.sub(r"\\(.)", r"\1", raw)
+
+
+def _split_unescaped(raw: str, sep: str) -> list[str]:
+    """Split on ``sep`` where it is not escaped with a backslash (escapes are kept)."""
+    parts, start, i = [], 0, 0
     while i < len(raw):
         if raw[i] == "\\":
             i += 2
             continue
-        if raw[i] == "|":
-            return raw[:i].replace("\\|", "|"), raw[i + 1:].replace("\\|", "|")
+        if raw[i] == sep:
+            parts.append(raw[start:i])
+            start = i + 1
         i += 1
-    return None, raw.replace("\\|", "|")
+    parts.append(raw[start:])
+    return parts
+
+
+def _split_token(raw: str) -> tuple[str | None, str | None]:
+    """``system|code`` honouring ``\\|``; returns (None, code) when there is no bar."""
+    parts = _split_unescaped(raw, "|")
+    if len(parts) == 1:
+        return None, unescape(raw)
+    return unescape(parts[0]), unescape("|".join(parts[1:]))
 
 
 def _bad(name: str, message: str) -> FhirError:
@@ -215,13 +247,13 @@ def parse_number(name: str, raw: str) -> NumberValue:
 def _parse_value(name: str, ptype: str, raw: str, modifier: str | None) -> Value:
     if ptype == "token":
         if modifier == "text":
-            return raw
+            return unescape(raw)
         system, code = _split_token(raw)
         if system is None:
             return TokenValue(None, code or None)
         return TokenValue(system, code or None)
     if ptype == "string" or ptype == "uri":
-        return raw
+        return unescape(raw)
     if ptype == "date":
         prefix, text = _prefix(raw)
         try:
@@ -231,14 +263,17 @@ def _parse_value(name: str, ptype: str, raw: str, modifier: str | None) -> Value
     if ptype == "number":
         return parse_number(name, raw)
     if ptype == "quantity":
-        parts = raw.split("|")
+        parts = [unescape(p) for p in _split_unescaped(raw, "|")]
         if len(parts) not in (1, 3):
             raise _bad(name, f"{raw!r} is not [prefix]number[|system|code]")
         number = parse_number(name, parts[0])
         system = parts[1] or None if len(parts) == 3 else None
         code = parts[2] or None if len(parts) == 3 else None
         return QuantityValue(number, system, code)
+    if ptype == "composite":
+        raise _bad(name, "composite values are parsed with their parameter")
     if ptype == "reference":
+        raw = unescape(raw)
         if "/" not in raw and ":" not in raw:
             return ReferenceValue(None, raw, None)
         ref = parse_reference(raw)
@@ -258,6 +293,10 @@ def _lookup(resource_type: str, code: str) -> SearchParam:
     param = search_parameters(resource_type).get(code)
     if param is None:
         raise _Refusal(f"{resource_type} has no search parameter {code!r}")
+    if param.type == "composite" and code not in {
+            p.code for p, _ in composite_params(resource_type)}:
+        raise _Refusal(f"{resource_type}.{code} is a composite of parts this server does "
+                       "not index together")
     if param.type not in INDEXED_TYPES and code not in ("_id", "_lastUpdated"):
         raise _Refusal(f"{resource_type}.{code} is a {param.type} parameter, which this "
                        "server does not search")
@@ -331,13 +370,28 @@ def _finish(name: str, ptype: str, param: SearchParam | None, modifier: str | No
     pieces = split_values(raw)
     if len(pieces) > MAX_VALUES:
         raise _bad(name, f"at most {MAX_VALUES} values may be OR'd")
-    values = tuple(_parse_value(name, ptype, p, modifier) for p in pieces if p != "")
+    if ptype == "composite" and param is not None:
+        values: tuple[Value, ...] = tuple(_composite(name, param, p) for p in pieces if p != "")
+    else:
+        values = tuple(_parse_value(name, ptype, p, modifier) for p in pieces if p != "")
     if not values:
         raise _bad(name, "has no value")
     if ptype == "reference" and modifier and modifier != "missing":
         values = tuple(ReferenceValue(modifier, v.id, v.url) if isinstance(v, ReferenceValue)
                        and v.type is None else v for v in values)
     return Criterion(name, ptype, param, modifier, values)
+
+
+def _composite(name: str, param: SearchParam, raw: str) -> CompositeValue:
+    parts = _split_unescaped(raw, "$")
+    if len(parts) != 2:
+        raise _bad(name, f"{raw!r} is not code$value")
+    first = _parse_value(name, "token", parts[0], None)
+    second_type = param.components[1].type
+    second = _parse_value(name, second_type, parts[1], None)
+    assert isinstance(first, TokenValue) and not isinstance(second, (ReferenceValue,
+                                                                     CompositeValue))
+    return CompositeValue(first, second, second_type)
 
 
 def _sort_keys(resource_type: str, raw: str) -> list[SortKey]:
@@ -352,6 +406,8 @@ def _sort_keys(resource_type: str, raw: str) -> list[SortKey]:
             keys.append(SortKey(code, "token" if code == "_id" else "date", desc))
             continue
         param = _lookup(resource_type, code)
+        if param.type == "composite":
+            raise _bad("_sort", f"{code} is a composite parameter, which cannot sort")
         keys.append(SortKey(code, param.type, desc))
     return keys
 

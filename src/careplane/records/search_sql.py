@@ -36,6 +36,7 @@ from sqlalchemy import (
 
 from careplane.records.models import INDEX_TABLES, resource
 from careplane.records.search_params import (
+    CompositeValue,
     Criterion,
     DateValue,
     NumberValue,
@@ -90,13 +91,17 @@ def _token(t: FromClause, crit: Criterion, value: Any) -> ColumnElement[bool]:
     if crit.modifier == "text":
         return _prefix_match(t.c.text, fold(str(value)))
     assert isinstance(value, TokenValue)
+    return _token_test(t.c.system, t.c.code, value)
+
+
+def _token_test(system: Any, code: Any, value: TokenValue) -> ColumnElement[bool]:
     conds: list[ColumnElement[bool]] = []
     if value.system == "":
-        conds.append(t.c.system.is_(None))
+        conds.append(system.is_(None))
     elif value.system is not None:
-        conds.append(t.c.system == cut(value.system))
+        conds.append(system == cut(value.system))
     if value.code is not None:
-        conds.append(t.c.code == cut(value.code))
+        conds.append(code == cut(value.code))
     return and_(*conds) if conds else true()
 
 
@@ -221,9 +226,39 @@ def _uri(t: FromClause, crit: Criterion, value: str) -> ColumnElement[bool]:
     return t.c.value == cut(value)
 
 
+def _composite(t: FromClause, value: CompositeValue) -> ColumnElement[bool]:
+    """Both parts on the same index row: the token in a_*, the second in its type's columns."""
+    first = value.first
+    conds: list[ColumnElement[bool]] = []
+    if first.system == "":
+        conds.append(t.c.a_system.is_(None))
+    elif first.system is not None:
+        conds.append(t.c.a_system == cut(first.system))
+    if first.code is not None:
+        conds.append(t.c.a_code == cut(first.code))
+    second = value.second
+    if value.second_type == "token":
+        assert isinstance(second, TokenValue)
+        conds.append(_token_test(t.c.system, t.c.code, second))
+    elif value.second_type == "quantity":
+        assert isinstance(second, QuantityValue)
+        conds.append(_quantity(t, second))
+    elif value.second_type == "number":
+        assert isinstance(second, NumberValue)
+        conds.append(number_test(t.c.low, t.c.high, second))
+    elif value.second_type == "date":
+        assert isinstance(second, DateValue)
+        conds.append(date_test(t.c.date_low, t.c.date_high, second))
+    else:
+        conds.append(_prefix_match(t.c.value, fold(str(second))))
+    return and_(*conds)
+
+
 def _value_test(t: FromClause, crit: Criterion, value: Any, scope: Scope
                 ) -> ColumnElement[bool]:
     match crit.type:
+        case "composite":
+            return _composite(t, value)
         case "string":
             return _string(t, crit, value)
         case "token":
