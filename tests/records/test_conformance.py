@@ -182,6 +182,8 @@ def _query_value(kind: str, row: dict[str, Any]) -> str | None:
     if kind == "token":
         if row["code"] is None:
             return None
+        if row["param"].endswith(":of-type"):  # system holds the type's system|code
+            return f"{row['system']}|{_escape(row['code'])}"
         system = _escape(row["system"]) if row["system"] else ""
         return f"{system}|{_escape(row['code'])}"
     if kind == "reference":

@@ -108,6 +108,22 @@ def test_quantities_numbers_and_units(fhir: Fhir, people: dict[str, str]) -> Non
     assert bad.status_code == 400
 
 
+def test_of_type_and_identifier_modifiers(fhir: Fhir) -> None:
+    mr = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+    pid = fhir.create(patient("Typed", identifier=[{"type": mr, "system": "urn:mrn",
+                                                    "value": "77"}]))["id"]
+    fhir.create(patient("Untyped", identifier=[{"system": "urn:mrn", "value": "77"}]))
+    assert fhir.ids("Patient", {"identifier:of-type":
+                                "http://terminology.hl7.org/CodeSystem/v2-0203|MR|77"}) == [pid]
+    assert fhir.ids("Patient", {"identifier:of-type":
+                                "http://terminology.hl7.org/CodeSystem/v2-0203|DL|77"}) == []
+    assert fhir.get("Patient", params={"identifier:of-type": "MR|77"}).status_code == 400
+    oid = fhir.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                       "subject": {"identifier": {"system": "urn:mrn", "value": "77"}}})["id"]
+    assert fhir.ids("Observation", {"subject:identifier": "urn:mrn|77"}) == [oid]
+    assert fhir.ids("Observation", {"subject:identifier": "urn:mrn|78"}) == []
+
+
 def test_composite_parameters(fhir: Fhir, people: dict[str, str]) -> None:
     ids = fhir.ids
     assert ids("Observation", {"code-value-quantity": "http://loinc.org|8867-4$gt80"}) == \

@@ -38,12 +38,16 @@ from careplane.records.values import (
     parse_reference,
 )
 
-__all__ = ["COMPOSITE_SECONDS", "INDEXED_TYPES", "IndexRows", "composite_params",
-           "index_resource", "indexed_params"]
+__all__ = ["BY_IDENTIFIER", "COMPOSITE_SECONDS", "INDEXED_TYPES", "OF_TYPE", "IndexRows",
+           "composite_params", "index_resource", "indexed_params"]
 
 #: Search-parameter types that have an index table.
 INDEXED_TYPES = frozenset({"string", "token", "date", "reference", "quantity", "number", "uri",
                            "composite"})
+#: Token rows kept under ``<param>:of-type`` (an identifier's type and value) and
+#: ``<param>:identifier`` (a reference's logical identifier), for those two modifiers.
+OF_TYPE = ":of-type"
+BY_IDENTIFIER = ":identifier"
 #: What the second part of an indexed composite may be (the first is always a token).
 COMPOSITE_SECONDS = frozenset({"token", "quantity", "date", "string", "number"})
 # Parameters on the resource row itself, searched without an index table.
@@ -367,6 +371,9 @@ def index_resource(resource: dict[str, Any]) -> IndexRows:
                         seen.add(key3)
                         out.add(kind, {**base, "system": key3[0], "code": key3[1],
                                        "text": key3[2]})
+                if _shape(node) == "Identifier":
+                    for row in _of_type(node.value):
+                        out.add(kind, {**base, "param": f"{code}{OF_TYPE}", **row})
             elif kind == "date":
                 for low, high in _dates(node, f"{rtype}.{code}"):
                     if (low, high) not in seen:
@@ -379,6 +386,13 @@ def index_resource(resource: dict[str, Any]) -> IndexRows:
                         out.add(kind, {**base, "target_type": ttype, "target_id": tid,
                                        "url": url})
                         refs_by_param.setdefault(code, []).append((ttype, tid))
+                ident = node.value.get("identifier") if isinstance(node.value, dict) else None
+                if isinstance(ident, dict):
+                    for system, value, _ in _tokens(Node(ident, "Identifier")):
+                        if value is not None:
+                            out.add("token", {**base, "param": f"{code}{BY_IDENTIFIER}",
+                                              "system": cut(system) if system else None,
+                                              "code": cut(value), "text": None})
             elif kind == "quantity":
                 for row in _quantities(node):
                     out.add(kind, {**base, **row})
@@ -417,6 +431,17 @@ def index_resource(resource: dict[str, Any]) -> IndexRows:
                     members.append(tid)
         out.compartments.extend((compartment, m) for m in members)
     return out
+
+
+def _of_type(identifier: Any) -> Iterator[dict[str, Any]]:
+    """Rows for ``:of-type``: the identifier's type coding (as ``system|code``) and value."""
+    if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
+        return
+    kind = identifier.get("type")
+    for coding in (kind.get("coding") or ()) if isinstance(kind, dict) else ():
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+            yield {"system": cut(f"{coding.get('system') or ''}|{coding['code']}"),
+                   "code": cut(identifier["value"]), "text": None}
 
 
 _COMPOSITE_EMPTY: dict[str, Any] = {

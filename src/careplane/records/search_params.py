@@ -45,11 +45,11 @@ Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 # The modifiers each parameter type takes here (the FHIR search page defines the full set).
 MODIFIERS: dict[str, frozenset[str]] = {
     "string": frozenset({"exact", "contains", "missing"}),
-    "token": frozenset({"not", "text", "missing"}),
+    "token": frozenset({"not", "text", "missing", "of-type"}),
     "date": frozenset({"missing"}),
     "number": frozenset({"missing"}),
     "quantity": frozenset({"missing"}),
-    "reference": frozenset({"missing"}),  # plus :Type, checked apart
+    "reference": frozenset({"missing", "identifier"}),  # plus :Type, checked apart
     "uri": frozenset({"below", "above", "missing"}),
     "composite": frozenset({"missing"}),
 }
@@ -245,6 +245,13 @@ def parse_number(name: str, raw: str) -> NumberValue:
 
 
 def _parse_value(name: str, ptype: str, raw: str, modifier: str | None) -> Value:
+    if ptype == "token" and modifier == "of-type":
+        parts = _split_unescaped(raw, "|")
+        if len(parts) != 3 or not all(parts):
+            raise _bad(name, f"{raw!r} is not type-system|type-code|value")
+        return TokenValue(f"{unescape(parts[0])}|{unescape(parts[1])}", unescape(parts[2]))
+    if ptype == "reference" and modifier == "identifier":
+        return _parse_value(name, "token", raw, None)
     if ptype == "token":
         if modifier == "text":
             return unescape(raw)
@@ -376,7 +383,7 @@ def _finish(name: str, ptype: str, param: SearchParam | None, modifier: str | No
         values = tuple(_parse_value(name, ptype, p, modifier) for p in pieces if p != "")
     if not values:
         raise _bad(name, "has no value")
-    if ptype == "reference" and modifier and modifier != "missing":
+    if ptype == "reference" and modifier and modifier not in ("missing", "identifier"):
         values = tuple(ReferenceValue(modifier, v.id, v.url) if isinstance(v, ReferenceValue)
                        and v.type is None else v for v in values)
     return Criterion(name, ptype, param, modifier, values)

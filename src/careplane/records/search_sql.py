@@ -294,6 +294,12 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
     code = crit.param.code
     if crit.chains:
         return _chain(r, resource_type, crit, scope)
+    if crit.modifier in ("of-type", "identifier") and crit.missing is None:
+        # kept as token rows under their own name (see indexer.OF_TYPE, BY_IDENTIFIER)
+        t, rows = _rows(resource_type, f"{code}:{crit.modifier}", "token")
+        return r.c.pk.in_(rows.where(or_(*(_token_test(t.c.system, t.c.code, v)
+                                           for v in crit.values
+                                           if isinstance(v, TokenValue)))))
     t, rows = _rows(resource_type, code, crit.type)
     if crit.missing is not None:
         return r.c.pk.not_in(rows) if crit.missing else r.c.pk.in_(rows)
