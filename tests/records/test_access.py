@@ -78,6 +78,15 @@ def test_other_organisations_see_nothing(fhir: Fhir, other_org: Fhir) -> None:
         {"request": {"method": "POST", "url": "Observation"},
          "resource": observation("Patient?family=secret&given=sam")}]}
     assert other_org.post("", tx).status_code == 412
+    # nor change my records inside a transaction: refused, nothing written
+    for method, body in (("PUT", {**mine, "gender": "male"}), ("DELETE", None)):
+        entry: dict[str, Any] = {"request": {"method": method, "url": f"Patient/{pid}"}}
+        if body:
+            entry["resource"] = body
+        r = other_org.post("", {"resourceType": "Bundle", "type": "transaction",
+                                "entry": [entry]})
+        assert r.status_code == 403, r.text
+    assert fhir.get(f"Patient/{pid}").json()["meta"]["versionId"] == "1"
 
 
 def test_every_interaction_is_authorised_with_the_patient(fhir: Fhir, db: Database) -> None:

@@ -67,6 +67,17 @@ def test_string_and_token_searches(fhir: Fhir, people: dict[str, str]) -> None:
     assert ids("Patient", [("_id", f"{peter},{zoe}"), ("gender", "female")]) == [zoe]
 
 
+def test_search_by_post(fhir: Fhir, people: dict[str, str]) -> None:
+    r = fhir.client.post("/fhir/Patient/_search", content="family=chalmers&gender=female",
+                         headers={**fhir.headers,
+                                  "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == [people["ann"]]
+    bad = fhir.client.post("/fhir/Patient/_search", content="{}",
+                           headers={**fhir.headers, "Content-Type": "application/json"})
+    assert bad.status_code == 415
+
+
 def test_date_prefixes(fhir: Fhir, people: dict[str, str]) -> None:
     ids = fhir.ids
     peter, zoe, ann = people["peter"], people["zoe"], people["ann"]
