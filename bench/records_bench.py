@@ -42,6 +42,7 @@ from sqlalchemy.engine import make_url
 from careplane.app import create_app
 from careplane.platform.db import Database, migrate
 from careplane.records.maintenance import analyze
+from careplane.records.store import current_row
 from careplane.records.synth import generate
 from careplane.security import Role
 from careplane.security.identity import create_org, create_user, issue_token
@@ -175,9 +176,17 @@ def run(kind: str, n_patients: int, seed: int, reads: int, searches: int
             analyze(db)
 
             # reads
-            times = [timed_get(client, f"/fhir/{t}/{i}", headers)
-                     for t, i in rng.choices(stored, k=reads)]
+            sample = rng.choices(stored, k=reads)
+            times = [timed_get(client, f"/fhir/{t}/{i}", headers) for t, i in sample]
             out["read_p50"], out["read_p95"] = pct(times, 50), pct(times, 95)
+            # the store's own part of a read: the row and its JSON, no HTTP, access or audit
+            times = []
+            with db.session() as session:
+                for t, i in sample:
+                    started = time.perf_counter()
+                    orjson.dumps(current_row(session, t, i).content)
+                    times.append((time.perf_counter() - started) * 1000)
+            out["store_read_p50"] = pct(times, 50)
 
             # searches
             per_query: dict[str, list[float]] = {}
@@ -214,6 +223,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + " | ".join(f"{r['ingest_per_s']:.0f}" for r in results) + " |",
         "| read p50 / p95, ms | " + " | ".join(f"{r['read_p50']:.1f} / {r['read_p95']:.1f}"
                                              for r in results) + " |",
+        "| of which the store (row + JSON, no HTTP, access check or audit) p50, ms | "
+        + " | ".join(f"{r['store_read_p50']:.2f}" for r in results) + " |",
         "| search p50 / p95 over all queries, ms | "
         + " | ".join(f"{r['search_p50']:.1f} / {r['search_p95']:.1f}" for r in results) + " |",
         "| `Patient/$everything` p50, ms | "
@@ -225,6 +236,20 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for name in results[0]["searches"]:
         lines.append(f"| `{name}` | " + " | ".join(
             "{:.1f} / {:.1f}".format(*r["searches"][name]) for r in results) + " |")
+    lines += [
+        "",
+        "Reading the figures. Every HTTP request here authenticates its bearer token, asks "
+        "the access policy (which looks up the patient's consents) and appends a hash-chained "
+        "audit record that commits with the request, so a read is several statements and a "
+        "durable commit; the store's own part of a read is the row above. Ingest validates "
+        "every resource against the R4B models and indexes it from the spec's "
+        "SearchParameters in Python; a transaction is then persisted with a fixed number of "
+        "statements, with one access decision per kind of access in the bundle. The issue's "
+        "targets (PostgreSQL: ingest >= 2,500 resources/s, read p50 < 2 ms, search p95 < "
+        "100 ms at 100k patients) are not all met: the store-level read is, ingest is about "
+        "a third of the target on this shared 2-core machine, and 10k/100k-patient runs "
+        "(1.6M/16M resources) were not run here for time; the command takes `--patients`.",
+    ]
     return "\n".join(lines)
 
 
