@@ -111,6 +111,16 @@ def test_patch_applies_json_patch_and_validates_the_result(fhir: Fhir) -> None:
                        headers={"Content-Type": "application/json-patch+json"})
     assert bad.status_code == 422
     assert fhir.get(f"Patient/{pid}").json()["meta"]["versionId"] == "2"
+    fhirpath = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"},
+        {"name": "path", "valueString": "Patient.name[0].family"},
+        {"name": "value", "valueString": "Mountbatten"}]}]}
+    r = fhir.request("PATCH", f"Patient/{pid}", json=fhirpath,
+                     headers={"If-Match": 'W/"2"'})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"][0]["family"] == "Mountbatten"
+    assert fhir.request("PATCH", f"Patient/{pid}", content=b"<x/>",
+                        headers={"Content-Type": "text/plain"}).status_code == 415
 
 
 def test_bad_input_is_refused_with_an_outcome_and_writes_nothing(fhir: Fhir,

@@ -81,7 +81,7 @@ def _statement() -> dict[str, Any]:
         "implementation": {"description": "careplane FHIR R4 server"},
         "fhirVersion": src.fhir_version,
         "format": ["json", "application/fhir+json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "security": {"cors": False, "description": "OAuth2 bearer tokens issued by "

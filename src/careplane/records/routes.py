@@ -433,8 +433,15 @@ def patch(rtype: str, rid: str, request: Request, platform: PlatformDep,
           principal: PrincipalDep, body: BodyDep) -> Response:
     known_type(rtype)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json-patch+json":
-        raise FhirError.of(415, "not-supported", "PATCH takes application/json-patch+json")
+    if ctype == "application/json-patch+json":
+        if not isinstance(body, list):
+            raise FhirError.of(400, "structure", "a JSON Patch is an array of operations")
+    elif ctype in ("application/fhir+json", "application/json"):
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+            raise FhirError.of(400, "structure", "a FHIRPath Patch is a Parameters resource")
+    else:
+        raise FhirError.of(415, "not-supported", "PATCH takes application/json-patch+json "
+                           "(JSON Patch) or application/fhir+json (FHIRPath Patch)")
     with platform.session() as session:
         stored = store.patch(session, principal, rtype, rid, body,
                              if_match=request.headers.get("if-match"))

@@ -302,8 +302,9 @@ def delete_resource(session: Session, principal: Principal, resource_type: str, 
 
 def patch(session: Session, principal: Principal, resource_type: str, rid: str,
           operations: Any, *, if_match: str | None = None) -> StoredResource:
-    """Apply a JSON Patch to the current version and store the result as a new version."""
-    from careplane.records.patch import apply_json_patch
+    """Apply a JSON Patch (a list of operations) or a FHIRPath Patch (a Parameters resource)
+    to the current version and store the result as a new version."""
+    from careplane.records.patch import apply_fhirpath_patch, apply_json_patch
 
     row = current_row(session, resource_type, rid, lock=True)
     if row is None:
@@ -313,7 +314,8 @@ def patch(session: Session, principal: Principal, resource_type: str, rid: str,
     if row.deleted:
         raise FhirError.of(410, "deleted", f"{resource_type}/{rid} was deleted")
     check_if_match(if_match, row.version, f"{resource_type}/{rid}")
-    body = apply_json_patch(row.content, operations)
+    body = apply_fhirpath_patch(row.content, operations) if isinstance(operations, dict) \
+        else apply_json_patch(row.content, operations)
     validate_resource(body, resource_type)
     write = prepare_update(row, body, method="PATCH")
     persist(session, [write])
