@@ -13,6 +13,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 
 __all__ = [
     "DATE_MAX",
@@ -48,8 +49,14 @@ def cut(value: str) -> str:
     return value[:_INDEXED]
 
 
+@lru_cache(maxsize=65536)
 def fold(value: str) -> str:
-    """Case- and accent-insensitive form used by string search ("Zoë" finds "zoe")."""
+    """Case- and accent-insensitive form used by string search ("Zoë" finds "zoe").
+
+    Cached: the same names, displays and codes recur across a population's resources.
+    """
+    if value.isascii():
+        return cut(_SPACES.sub(" ", value.lower()).strip())
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return cut(_SPACES.sub(" ", stripped.casefold().translate(_LETTERS)).strip())
