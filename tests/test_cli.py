@@ -124,9 +124,9 @@ def test_workers_get_the_data_directory_of_the_command(tmp_path: Path,
     from careplane.cli import export_to_workers
     from careplane.settings import Settings, load_settings
 
-    monkeypatch.delenv("CAREPLANE_DATA_DIR", raising=False)
-    monkeypatch.delenv("CAREPLANE_DATABASE_URL", raising=False)
-    monkeypatch.delenv("CAREPLANE_ENV", raising=False)
+    # Set through monkeypatch first, so that whatever export_to_workers writes is undone.
+    for name in ("CAREPLANE_DATA_DIR", "CAREPLANE_DATABASE_URL", "CAREPLANE_ENV"):
+        monkeypatch.setenv(name, "")
     export_to_workers(Settings(env="development", data_dir=tmp_path / "d",
                                database_url="postgresql://db/care"))
     seen = load_settings()  # what a task in a worker process reads
