@@ -70,11 +70,19 @@ def _dataset_json(ds: Dataset, path: list[str]) -> dict[str, Any]:
     return out
 
 
-def dataset_to_json(ds: Dataset, transfer_syntax_uid: str) -> str:
-    """The header of ``ds`` as DICOM JSON text, bulk data referenced under :data:`BULK_BASE`."""
+def dataset_to_json(ds: Dataset, transfer_syntax_uid: str, *,
+                    pixel: tuple[int, str] | None = None) -> str:
+    """The header of ``ds`` as DICOM JSON text, bulk data referenced under :data:`BULK_BASE`.
+
+    ``pixel``: (tag, VR) of a pixel data element that follows the header in the file but was
+    not read into ``ds``; it is referenced like any other bulk data.
+    """
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         body = _dataset_json(ds, [])
+    if pixel is not None:
+        tag = f"{pixel[0]:08X}"
+        body[tag] = {"vr": pixel[1], "BulkDataURI": f"{BULK_BASE}/bulk/{tag}"}
     body["00083002"] = {"vr": "UI", "Value": [transfer_syntax_uid]}
     return orjson.dumps(dict(sorted(body.items()))).decode()
 

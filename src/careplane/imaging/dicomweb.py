@@ -170,6 +170,20 @@ async def _stow(request: Request, platform: Platform, principal: Any,
         return store_instance(session, platform.blobs, principal, body, origin="stow-rs",
                               study_instance_uid=study_uid, written=written)
 
+    def store_written(tee: BlobTee) -> StoredInstance | StoreFailure:
+        # The part went to the blob store while it arrived: check and index it from memory
+        # while the writer finishes, or (a large part) from the store once it is written.
+        kept = tee.close()
+        if kept is not None:
+            return store_instance(session, platform.blobs, principal, kept, origin="stow-rs",
+                                  study_instance_uid=study_uid, written=tee.writing)
+        written = tee.finish()
+        if written is None:
+            return StoreFailure(FailureReason.out_of_resources,
+                                "the instance could not be written to storage")
+        with platform.blobs.open(written.sha256) as body:
+            return store(body, written)
+
     try:
         if media == "application/dicom":
             with tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024) as spool:
@@ -201,9 +215,10 @@ async def _stow(request: Request, platform: Platform, principal: Any,
                             FailureReason.cannot_understand,
                             f"a part of type {media_params(kind)[0]!r} is not a DICOM file"))
                         continue
-                    written = await run_in_threadpool(part.sink.finish) \
-                        if isinstance(part.sink, BlobTee) else None
-                    results.append(await run_in_threadpool(store, part.body, written))
+                    if isinstance(part.sink, BlobTee):
+                        results.append(await run_in_threadpool(store_written, part.sink))
+                    else:
+                        results.append(await run_in_threadpool(store, part.body))
                 finally:
                     part.close()
         else:

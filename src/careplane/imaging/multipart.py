@@ -34,7 +34,7 @@ def media_params(content_type: str) -> tuple[str, dict[str, str]]:
 
 
 class Sink(Protocol):
-    """Also receives a part's bytes as they arrive (e.g. to write them on while receiving)."""
+    """Receives a part's bytes as they arrive (e.g. to store them while receiving)."""
 
     def write(self, data: bytes) -> None: ...
     def abort(self) -> None: ...
@@ -52,10 +52,12 @@ class Part:
     sink: Sink | None = None
 
     def write(self, data: bytes) -> None:
-        self.body.write(data)
+        """Keep the bytes: in the sink if there is one (which then owns them), else here."""
         self.size += len(data)
         if self.sink is not None:
             self.sink.write(data)
+        else:
+            self.body.write(data)
 
     @property
     def content_type(self) -> str:
@@ -92,7 +94,8 @@ async def parse_multipart(stream: AsyncIterator[bytes], boundary: str, *,
     """Yield each part, its body complete and rewound, as soon as its closing boundary arrives.
 
     The caller owns (and closes) each part. ``max_bytes`` bounds the whole body. ``sink``
-    (given the part's headers) may return a second receiver of the part's bytes.
+    (given the part's headers) may return a receiver that takes the part's bytes instead of
+    the part's own body.
     """
     if not boundary or len(boundary) > 200:
         raise MultipartError("the Content-Type has no usable boundary parameter")

@@ -39,6 +39,7 @@ __all__ = [
     "SUPPORTED_TRANSFER_SYNTAXES",
     "FailureReason",
     "InvalidInstance",
+    "PixelElement",
     "ReceivedInstance",
     "read_instance",
 ]
@@ -94,7 +95,8 @@ _UNDEFINED = 0xFFFFFFFF
 class ReceivedInstance:
     """A checked instance: its parsed dataset and the Part-10 bytes to keep."""
 
-    dataset: Dataset
+    dataset: Dataset  # the header: everything before the pixel data
+    pixel: PixelElement | None
     transfer_syntax_uid: str
     sop_class_uid: str
     sop_instance_uid: str
@@ -139,8 +141,11 @@ def _meta_end(data: BinaryIO, start: int) -> int:
         data.seek(offset)
 
 
-def _check_complete(ds: Dataset, total: int) -> None:
-    """Refuse datasets whose elements claim more bytes than arrived."""
+def _check_complete(ds: Dataset, end: int) -> None:
+    """Refuse data sets whose elements claim more bytes than arrived.
+
+    ``end``: where the elements read must stop (the pixel data element, or the end of file).
+    """
     last: RawDataElement | None = None
     for elem in ds.elements():
         if not isinstance(elem, RawDataElement):
@@ -152,10 +157,74 @@ def _check_complete(ds: Dataset, total: int) -> None:
                 f"{len(elem.value)} arrived")
         last = elem
     if last is not None and last.length != _UNDEFINED and last.value_tell is not None:
-        end = last.value_tell + last.length
-        if end < total:
+        stop = last.value_tell + last.length
+        if stop < end:
             raise InvalidInstance(
-                f"the file is truncated: {total - end} trailing bytes are not a whole element")
+                f"the file is truncated: {end - stop} trailing bytes are not a whole element")
+
+
+@dataclass(frozen=True)
+class PixelElement:
+    """Where the pixel data element is in the file (it is not parsed into the data set)."""
+
+    tag: int
+    vr: str
+    length: int | None  # None: undefined (encapsulated)
+    value_offset: int
+
+
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+
+def _pixel_element(data: BinaryIO, start: int, total: int, implicit: bool,
+                   little: bool) -> PixelElement | None:
+    """Read the header of the pixel data element at ``start`` and check it is whole.
+
+    Reading the value itself (megabytes) is left to whoever renders the image; here only
+    the lengths are checked: a defined length must fit in the file, and the items of
+    encapsulated pixel data must lead to their sequence delimiter.
+    """
+    if start >= total:
+        return None
+    order = "<" if little else ">"
+    data.seek(start)
+    head = data.read(12)
+    if len(head) < 8:
+        raise InvalidInstance("the file is truncated inside the pixel data element")
+    group, elem = struct.unpack(order + "HH", head[:4])
+    tag = (group << 16) | elem
+    if tag not in _PIXEL_TAGS:
+        return None
+    if implicit:
+        (length,) = struct.unpack(order + "I", head[4:8])
+        vr, offset = "OW", start + 8
+    else:
+        if len(head) < 12:
+            raise InvalidInstance("the file is truncated inside the pixel data element")
+        vr = head[4:6].decode("latin-1")
+        (length,) = struct.unpack(order + "I", head[8:12])
+        offset = start + 12
+    if length != _UNDEFINED:
+        if offset + length > total:
+            raise InvalidInstance(
+                f"the file is truncated: element ({group:04X},{elem:04X}) declares {length} "
+                f"bytes, {total - offset} arrived")
+        return PixelElement(tag, vr, length, offset)
+    position = offset
+    while True:
+        data.seek(position)
+        item = data.read(8)
+        if len(item) < 8:
+            raise InvalidInstance("the file is truncated: the encapsulated pixel data has no "
+                                  "sequence delimiter")
+        item_group, item_elem, item_length = struct.unpack("<HHI", item)
+        if (item_group, item_elem) == (0xFFFE, 0xE0DD):
+            return PixelElement(tag, vr, None, offset)
+        if (item_group, item_elem) != (0xFFFE, 0xE000) or item_length == _UNDEFINED:
+            raise InvalidInstance("the encapsulated pixel data is not a sequence of items")
+        position += 8 + item_length
+        if position > total:
+            raise InvalidInstance("the file is truncated inside the encapsulated pixel data")
 
 
 def _expected_native_length(ds: Dataset) -> int | None:
@@ -223,20 +292,6 @@ def _looks_like_dataset(first: bytes) -> bool:
     return False
 
 
-def _check_delimited(data: BinaryIO, ds: Dataset, total: int) -> None:
-    """Encapsulated pixel data last in the file must end with its sequence delimiter."""
-    elems = [e for e in ds.elements() if e.tag.group != 0x0002]
-    if not elems or elems[-1].tag != 0x7FE00010:
-        return
-    pixel = ds["PixelData"]
-    if not pixel.is_undefined_length:
-        return
-    data.seek(total - 8)
-    if data.read(8) != b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
-        raise InvalidInstance("the file is truncated: the encapsulated pixel data has no "
-                              "sequence delimiter")
-
-
 def read_instance(data: BinaryIO) -> ReceivedInstance:
     """Check the instance in ``data`` (seekable) and say how to store it as Part-10.
 
@@ -268,22 +323,23 @@ def _read(data: BinaryIO) -> ReceivedInstance:
         raise InvalidInstance("not a DICOM file: no preamble, no file meta information, and the "
                               "data does not begin like a DICOM data set")
     try:
-        ds = pydicom.dcmread(data, force=True)
+        ds = pydicom.dcmread(data, force=True, stop_before_pixels=True)
+        stopped = data.tell()
         if not any(elem.tag.group != 0x0002 for elem in ds.elements()):
             raise InvalidInstance("not a DICOM file: no data elements were found")
         meta_ids: dict[str, str | None] = {
             "sop_class_uid": _safe_uid(ds, "SOPClassUID"),
             "sop_instance_uid": _safe_uid(ds, "SOPInstanceUID")}
         try:
-            _check_complete(ds, total)
+            implicit, little = ds.original_encoding
+            pixel = _pixel_element(data, stopped, total, bool(implicit), little is not False)
+            _check_complete(ds, stopped if pixel is not None else total)
         except InvalidInstance as exc:
             exc.sop_class_uid = meta_ids["sop_class_uid"]
             exc.sop_instance_uid = meta_ids["sop_instance_uid"]
             raise
         ts = ds.file_meta.get("TransferSyntaxUID") if has_meta else None
         uids = [_uid(ds, kw, label, meta_ids) for kw, label in _IDENTIFYING]
-        _check_delimited(data, ds, total)
-        pixel = ds.data_element("PixelData")
     except InvalidInstance:
         raise
     except (InvalidDicomError, EOFError) as exc:
@@ -291,7 +347,7 @@ def _read(data: BinaryIO) -> ReceivedInstance:
     except Exception as exc:  # any parser failure means the same: unreadable
         raise InvalidInstance(f"the DICOM data cannot be parsed: {exc}") from None
     if ts is None:
-        if pixel is not None and pixel.is_undefined_length:
+        if pixel is not None and pixel.length is None:
             raise InvalidInstance(
                 "the transfer syntax of a dataset sent without file meta information cannot "
                 "be known for encapsulated pixel data",
@@ -302,9 +358,10 @@ def _read(data: BinaryIO) -> ReceivedInstance:
     if syntax not in SUPPORTED_TRANSFER_SYNTAXES:
         raise InvalidInstance(f"transfer syntax {syntax[:70]!r} is not supported",
                               FailureReason.transfer_syntax_not_supported, uids[0], uids[1])
-    if pixel is not None and not pixel.is_undefined_length and not UID(syntax).is_compressed:
+    if pixel is not None and pixel.length is not None and pixel.tag == 0x7FE00010 \
+            and not UID(syntax).is_compressed:
         expected = _expected_native_length(ds)
-        have = len(pixel.value or b"")
+        have = pixel.length
         if expected is not None and have < expected:
             raise InvalidInstance(
                 f"the pixel data holds {have} bytes where Rows, Columns, Samples per Pixel, "
@@ -316,7 +373,8 @@ def _read(data: BinaryIO) -> ReceivedInstance:
         start = 132 if has_preamble else 0
         offset = _meta_end(data, start) if has_meta else start
         header = _build_header(syntax, uids[0], uids[1])
-    return ReceivedInstance(dataset=ds, transfer_syntax_uid=syntax, sop_class_uid=uids[0],
+    return ReceivedInstance(dataset=ds, pixel=pixel, transfer_syntax_uid=syntax,
+                            sop_class_uid=uids[0],
                             sop_instance_uid=uids[1], study_instance_uid=uids[2],
                             series_instance_uid=uids[3], header=header, body=data,
                             body_offset=offset, size=len(header) + total - offset)

@@ -89,14 +89,21 @@ class BlobTee:
     """Writes bytes to the blob store as they arrive, on a writer thread.
 
     STOW-RS hands each part's bytes here while it is still receiving the rest, so the file
-    is mostly on disk by the time the part is complete; :func:`store_instance` then takes the
-    finished :class:`BlobRef` instead of writing the file again.
+    is mostly on disk by the time the part is complete. A part up to :data:`KEEP_IN_MEMORY`
+    is also kept (the same bytes objects, not a copy) so it can be checked and indexed while
+    the writer finishes; :func:`store_instance` takes :attr:`writing` instead of writing the
+    file again.
     """
+
+    KEEP_IN_MEMORY = 64 * 1024 * 1024
 
     def __init__(self, blobs: BlobStore, max_bytes: int | None = None) -> None:
         self._queue: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
-        self._future = _WRITER.submit(blobs.put, self._chunks(), max_bytes=max_bytes)
+        self.writing: Future[BlobRef] = _WRITER.submit(blobs.put, self._chunks(),
+                                                       max_bytes=max_bytes)
         self._open = True
+        self._kept: list[bytes] | None = []
+        self._size = 0
 
     def _chunks(self) -> Iterator[bytes]:
         while True:
@@ -110,23 +117,35 @@ class BlobTee:
     def write(self, data: bytes) -> None:
         if self._open and data:
             self._queue.put(data)
+            self._size += len(data)
+            if self._kept is not None:
+                self._kept.append(data)
+                if self._size > self.KEEP_IN_MEMORY:
+                    self._kept = None
 
-    def finish(self) -> BlobRef | None:
-        """The stored blob, or None if writing it failed (the caller then writes again)."""
+    def close(self) -> bytes | None:
+        """No more bytes; returns them all if they were kept in memory."""
         if self._open:
             self._open = False
             self._queue.put(None)
+        kept, self._kept = self._kept, None
+        return b"".join(kept) if kept is not None else None
+
+    def finish(self) -> BlobRef | None:
+        """The stored blob, or None if writing it failed."""
+        self.close()
         try:
-            return self._future.result()
-        except Exception:  # the store path reports the problem when it writes itself
+            return self.writing.result()
+        except Exception:  # reported by the caller as a storage failure
             return None
 
     def abort(self) -> None:
         """Stop: the bytes so far are not kept."""
         if self._open:
             self._open = False
+            self._kept = None
             self._queue.put(_Aborted("the part was not received whole"))
-        wait([self._future])
+        wait([self.writing])
 
 
 class _Aborted(Exception):
@@ -328,14 +347,15 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
                    source: BinaryIO | bytes | bytearray | memoryview, *,
                    policy: DuplicatePolicy | None = None, origin: str = "",
                    study_instance_uid: str | None = None,
-                   written: BlobRef | None = None) -> StoredInstance | StoreFailure:
+                   written: BlobRef | Future[BlobRef] | None = None
+                   ) -> StoredInstance | StoreFailure:
     """Store one DICOM instance for ``who`` (a caller, or an organisation id).
 
     ``study_instance_uid``: the study the request addressed (STOW-RS ``/studies/{uid}``);
     an instance of another study is refused. ``origin`` labels the path it came by
     (``stow-rs``, ``dimse:MODALITY1``, ``demo``) in the index and the audit trail.
-    ``written``: the same bytes, already put in the blob store while they arrived (used as
-    the stored file when the bytes are a Part-10 file as they are).
+    ``written``: the same bytes, put in the blob store while they arrived (or being put
+    there), used as the stored file when the bytes are a Part-10 file as they are.
     Raises only for a refused authorisation (HTTP 403); every problem with the instance
     itself comes back as a :class:`StoreFailure`.
     """
@@ -359,13 +379,18 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
     # The file goes to the blob store while the header is indexed: writing megabytes is
     # mostly waiting for the kernel, which the indexing work can use.
     writing: Future[BlobRef]
-    if written is not None and not received.header and written.size == received.size:
+    if isinstance(written, Future) and not received.header:
+        writing = written
+    elif isinstance(written, BlobRef) and not received.header \
+            and written.size == received.size:
         writing = Future()
         writing.set_result(written)
     else:
         writing = _WRITER.submit(blobs.put, received.chunks())
     try:
-        metadata = dataset_to_json(received.dataset, received.transfer_syntax_uid)
+        pixel = received.pixel
+        metadata = dataset_to_json(received.dataset, received.transfer_syntax_uid,
+                                   pixel=(pixel.tag, pixel.vr) if pixel else None)
         values = index_values(received.dataset)
         instance_values = {**values.instance,
                            "transfer_syntax_uid": received.transfer_syntax_uid,
@@ -376,7 +401,14 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
             result = _index(session, org_id, uids, values, instance_values, policy)
             if isinstance(result, StoreFailure):
                 raise _Refused(result)
-            blob = writing.result()
+            try:
+                blob = writing.result()
+            except (BlobStoreFull, BlobTooLarge):
+                raise
+            except Exception as exc:  # any storage error refuses this instance only
+                raise _Refused(StoreFailure(FailureReason.out_of_resources,
+                                            f"the file could not be stored: {exc}",
+                                            *ids)) from None
             instance = result[0]
             if result[3] != "kept-existing":
                 instance.blob_sha256, instance.size = blob.sha256, blob.size
