@@ -8,7 +8,7 @@ Every handler asks ``security.guard.authorize`` before it touches data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import anyio
@@ -62,6 +62,22 @@ def _target(kind: str, principal: Principal, *, org_id: str | None = None,
 
 # -- files ----------------------------------------------------------------------------------
 
+def _body_chunks(request: Request) -> Callable[[], Iterator[bytes]]:
+    """The request body as a plain iterator, for the blob store running in a worker thread."""
+    body = request.stream()
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = anyio.from_thread.run(body.__anext__)
+            except StopAsyncIteration:
+                return
+            if chunk:
+                yield chunk
+
+    return chunks
+
+
 @router.post("/files", status_code=status.HTTP_201_CREATED, response_model=FileOut)
 async def upload_file(
     request: Request, platform: PlatformDep, principal: PrincipalDep,
@@ -73,16 +89,7 @@ async def upload_file(
                                            pattern="^[0-9a-fA-F]{64}$")] = None,
 ) -> FileOut:
     """Stream the request body into the blob store and register it as a file."""
-    body = request.stream()
-
-    def chunks() -> Iterator[bytes]:
-        while True:
-            try:
-                chunk = anyio.from_thread.run(body.__anext__)
-            except StopAsyncIteration:
-                return
-            if chunk:
-                yield chunk
+    chunks = _body_chunks(request)
 
     def store() -> FileOut:
         with platform.session() as session:
@@ -426,16 +433,7 @@ async def upload_chunk(
     offset: Annotated[int, Header(alias="Upload-Offset", ge=0)],
 ) -> Response:
     """Append the body at ``Upload-Offset``; the last chunk turns the upload into a file."""
-    body = request.stream()
-
-    def chunks() -> Iterator[bytes]:
-        while True:
-            try:
-                chunk = anyio.from_thread.run(body.__anext__)
-            except StopAsyncIteration:
-                return
-            if chunk:
-                yield chunk
+    chunks = _body_chunks(request)
 
     def store() -> Response:
         with platform.session() as session:
