@@ -158,6 +158,15 @@ def _client_creds(request: Request, form: dict[str, str]) -> ClientCredentials:
     return ClientCredentials.from_request(request.headers.get("authorization"), form)
 
 
+async def _token_form(request: Request) -> tuple[dict[str, str], ClientCredentials]:
+    """The form and client credentials of a request about a token (revoke, introspect)."""
+    form = await _form(request)
+    creds = _client_creds(request, form)
+    if not form.get("token"):
+        raise OAuthError("invalid_request", "token is required")
+    return form, creds
+
+
 @router.post("/oauth2/token", openapi_extra=_FORM_BODY)
 async def token(request: Request) -> Response:
     """The token endpoint: client credentials, authorization code (PKCE) and refresh token."""
@@ -194,10 +203,7 @@ async def revoke_token(request: Request) -> Response:
     issuer = issuer_url(request)
     platform = _platform(request)
     try:
-        form = await _form(request)
-        creds = _client_creds(request, form)
-        if not form.get("token"):
-            raise OAuthError("invalid_request", "token is required")
+        form, creds = await _token_form(request)
     except OAuthError as exc:
         return _error(exc)
 
@@ -220,10 +226,7 @@ async def introspect_token(request: Request) -> Response:
     issuer = issuer_url(request)
     platform = _platform(request)
     try:
-        form = await _form(request)
-        creds = _client_creds(request, form)
-        if not form.get("token"):
-            raise OAuthError("invalid_request", "token is required")
+        form, creds = await _token_form(request)
     except OAuthError as exc:
         return _error(exc)
 
