@@ -9,19 +9,25 @@ a batch entry as much as on a plain request. No access rule is written here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
+from sqlalchemy import String, cast, or_, select
 from sqlalchemy.orm import Session
 
 from careplane.records.errors import FhirError
-from careplane.security import Principal
+from careplane.security import Principal, Role
+from careplane.security.consent import ConsentProvision, rules_for
+from careplane.security.grants import grants_for
 from careplane.security.guard import authorize
-from careplane.security.policy import Action, Target
+from careplane.security.policy import Action, ConsentRule, Decision, Facts, Grant, Target, decide
 
-__all__ = ["Action", "check", "labels_of", "target"]
+__all__ = ["Action", "Opening", "Reach", "check", "labels_of", "reach_of", "target"]
 
 SOURCE = "fhir"
+#: At most this many patients (or organisations) opened to one caller are honoured per search.
+_MAX_OPENINGS = 500
 
 
 def labels_of(content: dict[str, Any] | None) -> frozenset[str]:
@@ -48,3 +54,144 @@ def check(session: Session, principal: Principal, action: Action, what: Target, 
         authorize(session, principal, action, what, source=SOURCE, detail=detail)
     except HTTPException as exc:
         raise FhirError.of(exc.status_code, "forbidden", str(exc.detail)) from None
+
+
+# -- what a search may reach beyond the caller's organisation -------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """Records of another organisation that the policy lets the caller search.
+
+    ``patient_id`` None opens the whole organisation (a grant that names no patient), less
+    the patients in ``hidden_patients`` (whose consent refuses the caller). ``hidden_labels``
+    are (patient, security label) pairs a consent refuses: that patient's resources carrying
+    the label stay out of the results.
+    """
+
+    org_id: str
+    patient_id: str | None
+    hidden_patients: frozenset[str] = frozenset()
+    hidden_labels: tuple[tuple[str, str], ...] = ()
+    via: str = ""
+
+
+@dataclass
+class Reach:
+    """The other organisations' records one principal may search, per resource type.
+
+    Built once per search from the grants and consents that could admit the caller; for each
+    resource type the policy (``security.policy.decide``) is asked, per granted patient or
+    organisation, whether a search of that type there is allowed, with the patient's
+    consents as facts, so a consent deny beats a grant exactly as it does on a read. Nothing
+    is decided here that the policy does not decide.
+    """
+
+    principal: Principal
+    grants: tuple[Grant, ...] = ()
+    patients: tuple[tuple[str, str], ...] = ()       # (org, patient) that grants/consents name
+    whole_orgs: tuple[str, ...] = ()                 # orgs granted without a patient
+    consents: dict[tuple[str, str], tuple[ConsentRule, ...]] = field(default_factory=dict)
+    _cache: dict[str, tuple[Opening, ...]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.patients and not self.whole_orgs
+
+    def _allowed(self, kind: str, org: str, patient: str | None,
+                 labels: frozenset[str] = frozenset()) -> Decision:
+        rules = self.consents.get((org, patient), ()) if patient else ()
+        facts = Facts(grants=self.grants, consents=rules)
+        return decide(self.principal, Action.search,
+                      Target(kind=kind, org_id=org, patient_id=patient, labels=labels),
+                      facts=facts)
+
+    def _hidden_labels(self, kind: str, org: str, patient: str) -> tuple[tuple[str, str], ...]:
+        labels = sorted({c[6:] for rule in self.consents.get((org, patient), ())
+                         for c in rule.data_classes if c.startswith("label:")})
+        return tuple((patient, label) for label in labels
+                     if not self._allowed(kind, org, patient, frozenset({label})).allowed)
+
+    def openings(self, resource_type: str) -> tuple[Opening, ...]:
+        """Where, outside the caller's organisation, ``resource_type`` may be searched."""
+        cached = self._cache.get(resource_type)
+        if cached is not None:
+            return cached
+        kind = f"records:{resource_type}"
+        out: list[Opening] = []
+        for org in self.whole_orgs:
+            decision = self._allowed(kind, org, None)
+            if not decision.allowed:
+                continue
+            hidden: set[str] = set()
+            labels: list[tuple[str, str]] = []
+            for p_org, patient in self.consents:
+                if p_org != org:
+                    continue
+                if not self._allowed(kind, org, patient).allowed:
+                    hidden.add(patient)
+                else:
+                    labels += self._hidden_labels(kind, org, patient)
+            out.append(Opening(org, None, frozenset(hidden), tuple(labels),
+                               _via(decision)))
+        for org, patient in self.patients:
+            if org in self.whole_orgs:
+                continue  # already open (and its consents applied) above
+            decision = self._allowed(kind, org, patient)
+            if decision.allowed:
+                out.append(Opening(org, patient, hidden_labels=self._hidden_labels(
+                    kind, org, patient), via=_via(decision)))
+        self._cache[resource_type] = result = tuple(out)
+        return result
+
+
+def _via(decision: Decision) -> str:
+    if decision.grant_id:
+        return f"grant {decision.grant_id}"
+    if decision.consent_id:
+        return f"consent {decision.consent_id}"
+    return decision.reason
+
+
+def _records_kind(kind: str) -> bool:
+    return kind in ("*", "records:*") or kind.startswith("records:")
+
+
+def reach_of(session: Session, principal: Principal) -> Reach:
+    """The grants and consents that may open other organisations' records to ``principal``.
+
+    A fixed number of queries: the live grants, the permit provisions that name the caller
+    (or their organisation), the patients with a deny in a wholly granted organisation, then
+    the consents of each patient named (bounded by the grants and consents, not by results).
+    A patient (or an app launched for one) searches only their own compartment, so gets none.
+    """
+    if principal.patient_id is not None or Role.patient in principal.roles:
+        return Reach(principal)
+    grants = tuple(g for g in grants_for(session, principal, None)
+                   if g.grantor_org_id != principal.org_id and not g.deidentified_only
+                   and g.workspace_id is None and any(_records_kind(k) for k in g.kinds))
+    patients: dict[tuple[str, str], None] = {}
+    whole: dict[str, None] = {}
+    for g in grants:
+        if g.patient_id is None:
+            whole[g.grantor_org_id] = None
+        else:
+            patients[(g.grantor_org_id, g.patient_id)] = None
+    p = ConsentProvision
+    named = [cast(p.actor_org_ids, String).like(f'%"{principal.org_id}"%')]
+    if principal.user_id:
+        named.append(cast(p.actor_user_ids, String).like(f'%"{principal.user_id}"%'))
+    for org, patient, orgs, users in session.execute(
+            select(p.org_id, p.patient_id, p.actor_org_ids, p.actor_user_ids)
+            .where(p.decision == "permit", p.org_id != principal.org_id, or_(*named))
+            .limit(_MAX_OPENINGS)):
+        if principal.org_id in orgs or (principal.user_id and principal.user_id in users):
+            patients[(org, patient)] = None
+    if whole:
+        for org, patient in session.execute(
+                select(p.org_id, p.patient_id).distinct()
+                .where(p.org_id.in_(list(whole)), p.decision == "deny")
+                .limit(_MAX_OPENINGS)):
+            patients.setdefault((org, patient), None)
+    consents = {(org, patient): rules_for(session, org, patient) for org, patient in
+                list(patients)[:_MAX_OPENINGS]}
+    return Reach(principal, grants, tuple(patients), tuple(whole), consents)

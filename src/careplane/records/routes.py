@@ -252,7 +252,8 @@ def _search(request: Request, platform: PlatformDep, principal: PrincipalDep, rt
     req = parse_search(rtype, pairs, strict=_strict(request))
     base = base_url(request)
     with platform.session() as session:
-        result = run_search(session, principal, req, base=base, compartment=compartment)
+        result = run_search(session, principal, req, base=base, compartment=compartment,
+                            cross_org=True)
     return fhir_json(searchset(result, req, base=base, path=path or rtype))
 
 

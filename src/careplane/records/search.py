@@ -25,12 +25,17 @@ from urllib.parse import urlencode
 from sqlalchemy import ColumnElement, FromClause, and_, false, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from careplane.records.access import Action, check, target
+from careplane.records.access import Action, Reach, check, reach_of, target
 from careplane.records.errors import FhirError, operation_outcome
 from careplane.records.models import INDEX_TABLES, idx_compartment, resource, resource_version
 from careplane.records.search_params import Include, SearchRequest
-from careplane.records.search_sql import Scope, criterion_clause, live, sort_columns
-from careplane.records.spec import COMPARTMENTS, compartment_params
+from careplane.records.search_sql import Scope, criterion_clause, live, sort_columns, visible
+from careplane.records.spec import (
+    COMPARTMENTS,
+    compartment_params,
+    resource_types,
+    search_parameters,
+)
 from careplane.records.summary import shape
 from careplane.security import Principal
 
@@ -98,11 +103,14 @@ def compartment_clause(r: FromClause, resource_type: str, compartment: tuple[str
 
 
 def run_search(session: Session, principal: Principal, req: SearchRequest, *,
-               base: str = "", compartment: tuple[str, str] | None = None) -> SearchResult:
+               base: str = "", compartment: tuple[str, str] | None = None,
+               cross_org: bool = False) -> SearchResult:
     """Authorise, then find one page of ``req`` (and its includes) in the caller's org.
 
     A principal that speaks for one patient (role ``patient``, or a SMART app launched for a
     patient) searches that patient's compartment, and the access decision is asked for it.
+    With ``cross_org`` (a client's search, not a conditional write) the search also reaches
+    what the policy opens of other organisations to the caller (:func:`access.reach_of`).
     """
     rtype = req.resource_type
     if compartment is None and principal.patient_id is not None and (
@@ -110,12 +118,16 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
         # A patient (or an app launched for one) searches within their own compartment.
         compartment = ("Patient", principal.patient_id)
     patient = compartment[1] if compartment and compartment[0] == "Patient" else None
+    reach = reach_of(session, principal) if cross_org else None
+    detail: dict[str, Any] = {"query": [f"{k}={v}" for k, v in req.used][:20]}
+    if reach is not None and not reach.empty:
+        detail["reach"] = _reach_detail(reach, rtype)
     check(session, principal, Action.search, target(rtype, principal.org_id, patient_id=patient),
-          detail={"query": [f"{k}={v}" for k, v in req.used][:20]})
+          detail=detail)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
                         {"ms": str(SEARCH_TIMEOUT_MS)})
-    scope = Scope(principal.org_id, base)
+    scope = Scope(principal.org_id, base, reach)
     r = resource
     where = [live(r, rtype, scope)]
     where += [criterion_clause(r, rtype, c, scope) for c in req.criteria]
@@ -150,6 +162,22 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
     return SearchResult(matches, included, total, next_cursor, prev_cursor, req.warnings)
 
 
+def _reach_detail(reach: Reach, rtype: str) -> list[str]:
+    """For the audit record: which other organisations' records the search could reach."""
+    return [f"{o.org_id}/{o.patient_id or '*'} via {o.via}" for o in reach.openings(rtype)][:20]
+
+
+def _targets(source: str, param: str) -> tuple[str, ...]:
+    """The types a reference parameter (``*``: any of the type's) may point at."""
+    params = search_parameters(source)
+    chosen = [p for p in params.values() if p.type == "reference"] if param == "*" \
+        else [params[param]] if param in params else []
+    types = {t for p in chosen for t in (p.target or ("Resource",))}
+    if "Resource" in types or "Any" in types:
+        return tuple(sorted(resource_types()))
+    return tuple(sorted(t for t in types if t in resource_types()))
+
+
 def _fetch_forward(session: Session, scope: Scope, sources: list[Found], inc: Include
                    ) -> list[Found]:
     pks = [f.pk for f in sources if f.resource_type == inc.source]
@@ -157,8 +185,9 @@ def _fetch_forward(session: Session, scope: Scope, sources: list[Found], inc: In
         return []
     t = INDEX_TABLES["reference"]
     r2 = resource.alias()
+    types = (inc.target,) if inc.target else _targets(inc.source, inc.param)
     conds = [t.c.resource_pk.in_(pks), t.c.resource_type == inc.source,
-             r2.c.org_id == scope.org_id, r2.c.deleted == false()]
+             visible(r2, scope, types), r2.c.deleted == false()]
     if inc.param != "*":
         conds.append(t.c.param == inc.param)
     if inc.target:

@@ -16,6 +16,7 @@ the "C" collation (see models), which makes that range exact.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ from sqlalchemy import (
     true,
 )
 
+from careplane.records.access import Opening, Reach
 from careplane.records.models import INDEX_TABLES, resource
 from careplane.records.search_params import (
     CompositeValue,
@@ -48,22 +50,52 @@ from careplane.records.search_params import (
 from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
 
-__all__ = ["Scope", "criterion_clause", "live", "sort_columns"]
+__all__ = ["Scope", "criterion_clause", "live", "sort_columns", "visible"]
 
 _TOP = "\U0010ffff"
 
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What every condition is held to: the caller's organisation, and this server's base."""
+    """What every condition is held to: the caller's organisation, this server's base, and
+    what the policy opens of other organisations (``reach``: grants and consents)."""
 
     org_id: str
     base: str = ""
+    reach: Reach | None = None
+
+
+def _opening(r: FromClause, opening: Opening) -> ColumnElement[bool]:
+    conds: list[ColumnElement[bool]] = [r.c.org_id == opening.org_id]
+    if opening.patient_id is not None:
+        conds.append(r.c.patient_id == opening.patient_id)
+    if opening.hidden_patients:
+        conds.append(or_(r.c.patient_id.is_(None),
+                         r.c.patient_id.not_in(sorted(opening.hidden_patients))))
+    if opening.hidden_labels:
+        t = INDEX_TABLES["token"]
+        for patient, label in opening.hidden_labels:
+            labelled = select(t.c.resource_pk).where(t.c.param == "_security",
+                                                     t.c.code == cut(label))
+            conds.append(not_(and_(func.coalesce(r.c.patient_id, "") == patient,
+                                   r.c.pk.in_(labelled))))
+    return and_(*conds)
+
+
+def visible(r: FromClause, scope: Scope, types: Iterable[str]) -> ColumnElement[bool]:
+    """Rows the caller may find: their organisation's, and for each of ``types`` what the
+    policy opens elsewhere (a granted or consenting patient's records)."""
+    own = r.c.org_id == scope.org_id
+    if scope.reach is None or scope.reach.empty:
+        return own
+    extra = [and_(r.c.resource_type == t, _opening(r, o))
+             for t in types for o in scope.reach.openings(t)]
+    return or_(own, *extra) if extra else own
 
 
 def live(r: FromClause, resource_type: str, scope: Scope) -> ColumnElement[bool]:
-    """Rows of ``resource_type`` that the caller's organisation holds and that are not deleted."""
-    return and_(r.c.resource_type == resource_type, r.c.org_id == scope.org_id,
+    """Rows of ``resource_type`` the caller may find (see :func:`visible`), not deleted."""
+    return and_(r.c.resource_type == resource_type, visible(r, scope, (resource_type,)),
                 r.c.deleted == false())
 
 
