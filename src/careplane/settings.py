@@ -12,7 +12,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     max_upload_bytes: int = Field(default=64 * 1024**3, gt=0)
+    # Where genomics runs spread their chunks and regions: "local" (a process pool on the
+    # worker's machine) or "ray" (Ray tasks; the cluster extra). ray_address: the cluster to
+    # join ("auto", "ray://host:10001"); unset, each run starts a private local Ray instance.
+    genomics_executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -34,6 +34,7 @@ def test_pipeline_finds_the_planted_variants(dataset: SimulatedDataset, tmp_path
     # The BAM is sorted, duplicate-marked, indexed and carries the sample's read group.
     with pysam.AlignmentFile(str(out.bam)) as bam:
         assert bam.header["HD"]["SO"] == "coordinate"
+        assert [rg["ID"] for rg in bam.header["RG"]] == ["S1"]  # one, not one per chunk
         assert bam.header["RG"][0]["SM"] == "S1"
         assert bam.check_index()
         first = next(bam.fetch())

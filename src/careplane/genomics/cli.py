@@ -122,6 +122,12 @@ def run_command(
                                            help="BAM compression level")] = 1,
     keep_work: Annotated[bool, typer.Option("--keep-work", help="keep the work directory")]
     = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local (a process pool) or ray (Ray tasks; the cluster extra)")]
+    = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Ray cluster to join (default: a private local Ray instance)")]
+    = None,
 ) -> None:
     """Align, mark duplicates, call and filter: writes OUT/SAMPLE.bam(.bai), SAMPLE.vcf.gz(.tbi)
     and SAMPLE.qc.json, then prints the QC summary as JSON."""
@@ -144,6 +150,7 @@ def run_command(
             index_dir=str((index_dir or default_index_dir(reference)).resolve()),
             work_dir=str(state_dir / "work"), threads=threads, aligner=aligner,
             min_qual=min_qual, chunk_pairs=chunk_pairs, bam_level=bam_level,
+            executor=executor, ray_address=ray_address,
             names={str(fastq[0].resolve()): str(fastq[0]), str(fastq[1].resolve()):
                    str(fastq[1]), str(reference.resolve()): str(reference)})
         args = {"spec": spec.to_dict(), "out_dir": str(out), "keep_work": keep_work}

@@ -14,6 +14,10 @@ Why it exists: this is the one implementation that both the server's jobs and th
 4. **gather**: concatenate the regions' calls, normalise, keep QUAL >= 20, bgzip and index;
 5. **qc**: write the QC JSON.
 
+The pieces run on a pool of local processes by default (``executor="local"``, ``threads``
+processes), or as Ray tasks on a Ray cluster (``executor="ray"``, the ``cluster`` extra; see
+:class:`~careplane.platform.jobs.ray_executor.RayExecutor`): the same functions either way.
+
 After each finished unit (a chunk, a region, a step) a checkpoint is saved through the
 reporter's ``save_state``; a run restarted after a crash reads the checkpoint and its files in
 the work directory and continues from there. Nothing is published by this module: the outputs
@@ -31,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Protocol
 
 import pysam
@@ -42,7 +47,10 @@ from careplane.genomics.fastq import FastqError, FastqReader, read_pair_chunks
 from careplane.genomics.reference import Reference, ReferenceError, prepare_reference
 from careplane.genomics.regions import Region, split_regions
 
-__all__ = ["InputError", "PipelineOutputs", "PipelineSpec", "Reporter", "run_pipeline"]
+__all__ = ["EXECUTORS", "InputError", "PipelineOutputs", "PipelineSpec", "Reporter",
+           "run_pipeline"]
+
+EXECUTORS = ("local", "ray")
 
 # Progress is reported on one scale of 1000 so that a bar moves smoothly across the steps.
 _ALIGN_END, _MARKDUP_END, _CALL_END, _TOTAL = 600.0, 650.0, 950.0, 1000.0
@@ -64,6 +72,17 @@ class Reporter(Protocol):
     def save_state(self, **values: Any) -> None: ...
 
 
+class Pool(Protocol):
+    """Where the pieces run: a local process pool or a
+    :class:`~careplane.platform.jobs.ray_executor.RayExecutor`."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]: ...
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+    def __enter__(self) -> Pool: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """Everything a run needs; plain values, so it travels as job arguments (``to_dict``)."""
@@ -80,6 +99,8 @@ class PipelineSpec:
     min_qual: float = DEFAULT_MIN_QUAL
     min_mapped_fraction: float = 0.5
     bam_level: int = 1  # zlib level of the published BAM: 1 is ~3x faster than 6, ~14% larger
+    executor: str = "local"  # "local" (process pool) or "ray" (Ray tasks; cluster extra)
+    ray_address: str | None = None  # Ray cluster to join; None: a private local instance
     names: dict[str, str] = field(default_factory=dict)  # path -> name shown in messages
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,7 +163,7 @@ class _Run:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def reference(self, pool: ProcessPoolExecutor) -> Reference:
+    def reference(self, pool: Pool) -> Reference:
         try:
             ref: Reference = self.offload(pool, prepare_reference, self.spec.reference,
                                           self.spec.index_dir,
@@ -151,7 +172,7 @@ class _Run:
         except ReferenceError as exc:
             raise InputError(str(exc)) from exc
 
-    def align(self, pool: ProcessPoolExecutor, ref: Reference) -> dict[str, Any]:
+    def align(self, pool: Pool, ref: Reference) -> dict[str, Any]:
         spec = self.spec
         if spec.aligner not in ALIGNERS:
             raise InputError(f"unknown aligner {spec.aligner!r}; choose from "
@@ -210,7 +231,7 @@ class _Run:
         return {"pairs": pairs, "reads_mapped": mapped,
                 "bams": [done[k]["bam"] for k in sorted(done, key=int)]}
 
-    def markdup(self, pool: ProcessPoolExecutor, bams: list[str]) -> Path:
+    def markdup(self, pool: Pool, bams: list[str]) -> Path:
         """Merge the sorted chunks and mark duplicates, then index the result.
 
         With two or more workers the merge streams straight into ``samtools markdup`` through
@@ -223,7 +244,8 @@ class _Run:
         options = (str(threads), self.spec.bam_level, str(self.work / "markdup.tmp"))
         if len(bams) == 1:
             self.offload(pool, mark_duplicates, bams[0], str(final), *options)
-        elif threads == 1:
+        elif threads == 1 or not isinstance(pool, ProcessPoolExecutor):
+            # One worker, or tasks that may land on other machines: no named pipe between them.
             merged = self.work / "merged.bam"
             self.offload(pool, merge_into, bams, str(merged))
             self.offload(pool, mark_duplicates, str(merged), str(final), *options)
@@ -244,7 +266,7 @@ class _Run:
         self.offload(pool, index_bam, str(final), threads)
         return final
 
-    def call(self, pool: ProcessPoolExecutor, ref: Reference, bam: Path) -> tuple[
+    def call(self, pool: Pool, ref: Reference, bam: Path) -> tuple[
             list[str], dict[str, Any]]:
         regions = split_regions(ref.contigs, pieces=8 * max(1, self.spec.threads))
         called: dict[str, str] = {k: v for k, v in self.state.get("called", {}).items()
@@ -276,7 +298,22 @@ class _Run:
         assert alignment_qc is not None
         return [called[str(r)] for r in regions], alignment_qc
 
-    def offload(self, pool: ProcessPoolExecutor, func: Callable[..., Any], *args: Any) -> Any:
+    def pool(self) -> Pool:
+        spec = self.spec
+        if spec.executor == "local":
+            ctx = multiprocessing.get_context("spawn")
+            return ProcessPoolExecutor(max_workers=max(1, spec.threads), mp_context=ctx)
+        if spec.executor == "ray":
+            from careplane.platform.jobs.ray_executor import RayExecutor, ray_available
+
+            if not ray_available():  # no retry installs it; an unreachable cluster is retried
+                raise InputError("the Ray executor needs the 'cluster' extra: "
+                                 "pip install 'careplane[cluster]'")
+            return RayExecutor(spec.ray_address, num_cpus=max(1, spec.threads))
+        raise InputError(f"unknown executor {spec.executor!r}; choose from "
+                         f"{', '.join(EXECUTORS)}")
+
+    def offload(self, pool: Pool, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func`` in the pool and wait for it, honouring cancellation meanwhile.
 
         htslib calls through pysam hold the GIL for their whole run; made in this process they
@@ -299,8 +336,7 @@ class _Run:
         name = spec.sample
         bam_out, vcf_out = self.result / f"{name}.bam", self.result / f"{name}.vcf.gz"
         qc_out = self.result / f"{name}.qc.json"
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=max(1, spec.threads), mp_context=ctx) as pool:
+        with self.pool() as pool:
             try:
                 ref = self.reference(pool)
                 if not self.step_done("align"):
@@ -358,9 +394,13 @@ def index_bam(bam: str, threads: int) -> None:
 
 
 def merge_into(bams: list[str], out: str) -> None:
-    """``samtools merge`` of sorted chunks into ``out`` (a file or named pipe), uncompressed."""
+    """``samtools merge`` of sorted chunks into ``out`` (a file or named pipe), uncompressed.
+
+    Every chunk carries the same @RG and @PG lines: ``-c -p`` keeps one of each (without them
+    samtools renames the copies with random suffixes, one read group per chunk).
+    """
     try:
-        pysam.samtools.merge("-f", "-u", "-o", out, *bams, catch_stdout=False)
+        pysam.samtools.merge("-f", "-u", "-c", "-p", "-o", out, *bams, catch_stdout=False)
     except BaseException:
         _release_writer(out)
         raise
