@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     job_stale_after_seconds: float = Field(default=30.0, gt=0)
     event_poll_seconds: float = Field(default=0.25, gt=0)
     event_retention_hours: float = Field(default=72.0, gt=0)
+    # Reads' audit records are group-committed at most this long after the read (see
+    # careplane.security.audit); changes' records always commit with the change.
+    audit_delay_ms: float = Field(default=50.0, ge=0, le=5000)
     session_hours: float = Field(default=12.0, gt=0)
     token_days: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
