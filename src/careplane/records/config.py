@@ -18,3 +18,5 @@ class FhirConfig(BaseSettings):
 
     max_bundle_entries: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: PostgreSQL cancels a search statement running longer than this (503 too-costly).
+    search_timeout_ms: int = Field(default=30_000, ge=1)

@@ -38,8 +38,8 @@ from careplane.records.config import FhirConfig
 from careplane.records.errors import FhirError, Issue, operation_outcome
 from careplane.records.everything import everything
 from careplane.records.history import history
-from careplane.records.search import run_search, searchset
-from careplane.records.search_params import parse_search
+from careplane.records.search import run_search, run_system_search, searchset
+from careplane.records.search_params import parse_search, parse_system_search
 from careplane.records.spec import resource_types
 from careplane.records.validation import validate_resource
 from careplane.security.deps import PrincipalDep
@@ -235,6 +235,40 @@ def bundle(request: Request, platform: PlatformDep, principal: PrincipalDep, bod
     return fhir_json(result)
 
 
+def _system_search(request: Request, platform: PlatformDep, principal: PrincipalDep,
+                   pairs: list[tuple[str, str]], cfg: FhirConfig) -> Response:
+    types, requests = parse_system_search(pairs, strict=_strict(request))
+    base = base_url(request)
+    with platform.session() as session:
+        result = run_system_search(session, principal, types, requests, base=base,
+                                   timeout_ms=cfg.search_timeout_ms)
+    return fhir_json(searchset(result, requests[0], base=base, path=""))
+
+
+@router.get("", dependencies=[Negotiated])
+def search_system(request: Request, platform: PlatformDep, principal: PrincipalDep,
+                  cfg: ConfigDep) -> Response:
+    """A search across types: ``GET /fhir?_type=Patient,Observation&_lastUpdated=gt...``."""
+    return _system_search(request, platform, principal, _pairs(request), cfg)
+
+
+@router.post("/_search", dependencies=[Negotiated])
+async def search_system_post(request: Request, platform: PlatformDep, principal: PrincipalDep,
+                             cfg: ConfigDep) -> Response:
+    form = await _form(request)
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(_system_search, request, platform, principal,
+                                   _pairs(request) + form, cfg)
+
+
+async def _form(request: Request) -> list[tuple[str, str]]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("", "application/x-www-form-urlencoded"):
+        raise FhirError.of(415, "not-supported", "_search takes a form-encoded body")
+    return parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+
+
 @router.get("/_history", dependencies=[Negotiated])
 def system_history(request: Request, platform: PlatformDep, principal: PrincipalDep
                    ) -> Response:
@@ -253,7 +287,7 @@ def _search(request: Request, platform: PlatformDep, principal: PrincipalDep, rt
     base = base_url(request)
     with platform.session() as session:
         result = run_search(session, principal, req, base=base, compartment=compartment,
-                            cross_org=True)
+                            cross_org=True, timeout_ms=config(request).search_timeout_ms)
     return fhir_json(searchset(result, req, base=base, path=path or rtype))
 
 
@@ -270,10 +304,7 @@ def type_history(rtype: str, request: Request, platform: PlatformDep, principal:
 @router.post("/{rtype}/_search", dependencies=[Negotiated])
 async def search_post(rtype: str, request: Request, platform: PlatformDep,
                       principal: PrincipalDep) -> Response:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in ("", "application/x-www-form-urlencoded"):
-        raise FhirError.of(415, "not-supported", "_search takes a form-encoded body")
-    form = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    form = await _form(request)
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(_search, request, platform, principal, rtype,

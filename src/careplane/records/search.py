@@ -29,7 +29,14 @@ from careplane.records.access import Action, Reach, check, reach_of, target
 from careplane.records.errors import FhirError, operation_outcome
 from careplane.records.models import INDEX_TABLES, idx_compartment, resource, resource_version
 from careplane.records.search_params import Include, SearchRequest
-from careplane.records.search_sql import Scope, criterion_clause, live, sort_columns, visible
+from careplane.records.search_sql import (
+    ANY_TYPE,
+    Scope,
+    criterion_clause,
+    live,
+    sort_columns,
+    visible,
+)
 from careplane.records.spec import (
     COMPARTMENTS,
     compartment_params,
@@ -37,9 +44,10 @@ from careplane.records.spec import (
     search_parameters,
 )
 from careplane.records.summary import shape
+from careplane.records.value_sets import resolve_value_sets
 from careplane.security import Principal
 
-__all__ = ["Found", "SearchResult", "run_search", "searchset"]
+__all__ = ["Found", "SearchResult", "run_search", "run_system_search", "searchset"]
 
 MAX_INCLUDED = 1000
 ITERATE_ROUNDS = 3
@@ -104,7 +112,7 @@ def compartment_clause(r: FromClause, resource_type: str, compartment: tuple[str
 
 def run_search(session: Session, principal: Principal, req: SearchRequest, *,
                base: str = "", compartment: tuple[str, str] | None = None,
-               cross_org: bool = False) -> SearchResult:
+               cross_org: bool = False, timeout_ms: int = SEARCH_TIMEOUT_MS) -> SearchResult:
     """Authorise, then find one page of ``req`` (and its includes) in the caller's org.
 
     A principal that speaks for one patient (role ``patient``, or a SMART app launched for a
@@ -121,22 +129,96 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
     reach = reach_of(session, principal) if cross_org else None
     detail: dict[str, Any] = {"query": [f"{k}={v}" for k, v in req.used][:20]}
     if reach is not None and not reach.empty:
-        detail["reach"] = _reach_detail(reach, rtype)
+        detail["reach"] = _reach_detail(reach, (rtype,))
     check(session, principal, Action.search, target(rtype, principal.org_id, patient_id=patient),
           detail=detail)
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
-                        {"ms": str(SEARCH_TIMEOUT_MS)})
+    _time_limit(session, timeout_ms)
     scope = Scope(principal.org_id, base, reach)
     r = resource
+    criteria = resolve_value_sets(session, scope, req.criteria)
     where = [live(r, rtype, scope)]
-    where += [criterion_clause(r, rtype, c, scope) for c in req.criteria]
+    where += [criterion_clause(r, rtype, c, scope) for c in criteria]
     if compartment is not None:
         where.append(compartment_clause(r, rtype, compartment))
+    return _page(session, scope, req, rtype, where)
+
+
+def run_system_search(session: Session, principal: Principal, types: tuple[str, ...],
+                      requests: list[SearchRequest], *, base: str = "",
+                      timeout_ms: int = SEARCH_TIMEOUT_MS) -> SearchResult:
+    """One page of a search across resource types (``GET /fhir?_type=...``).
+
+    ``types`` empty means every type; then ``requests`` holds one request parsed against the
+    parameters common to all resources (``_id``, ``_lastUpdated``, ``_tag``, ``_security``,
+    ``_profile``, ``_source``). Otherwise it holds one request per type, parsed against that
+    type's parameters, and a resource matches when it is of one of the types and meets its
+    type's criteria. The search is authorised (and audited) per type; a patient's own search
+    stays in their compartment; other organisations are reached as in :func:`run_search`.
+    """
+    reach = reach_of(session, principal)
+    kinds = types or ("Resource",)
+    patient = principal.patient_id
+    for rtype in kinds:
+        detail: dict[str, Any] = {"query": [f"{k}={v}" for k, v in requests[0].used][:20],
+                                  "system": True}
+        if not reach.empty:
+            detail["reach"] = _reach_detail(reach, types or tuple(sorted(resource_types())))
+        check(session, principal, Action.search,
+              target(rtype, principal.org_id, patient_id=patient), detail=detail)
+    _time_limit(session, timeout_ms)
+    scope = Scope(principal.org_id, base, reach)
+    r = resource
+    where: list[ColumnElement[bool]] = []
+    if types:
+        branches = []
+        for rtype, req in zip(types, requests, strict=True):
+            criteria = resolve_value_sets(session, scope, req.criteria)
+            branches.append(and_(live(r, rtype, scope),
+                                 *(criterion_clause(r, rtype, c, scope) for c in criteria)))
+        where.append(or_(*branches))
+    else:
+        every = tuple(sorted(resource_types()))
+        where += [visible(r, scope, every), r.c.deleted == false()]
+        criteria = resolve_value_sets(session, scope, requests[0].criteria)
+        where += [criterion_clause(r, ANY_TYPE, c, scope) for c in criteria]
+    if patient is not None:
+        members = select(idx_compartment.c.resource_pk).where(
+            idx_compartment.c.compartment == "Patient", idx_compartment.c.target_id == patient)
+        where.append(r.c.pk.in_(members))
+    return _page(session, scope, requests[0], ANY_TYPE, where)
+
+
+def _time_limit(session: Session, timeout_ms: int) -> None:
+    """On PostgreSQL, cancel any statement of this search that runs past ``timeout_ms``
+    (transaction-local: the pooled connection keeps its own setting afterwards)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
+                        {"ms": str(timeout_ms)})
+
+
+def _estimate(session: Session, r: FromClause, where: list[ColumnElement[bool]]) -> int:
+    """``_total=estimate``: PostgreSQL's planner estimate of the matches (no rows are
+    counted); elsewhere, where no estimate is at hand, the exact count."""
+    stmt = select(r.c.pk).where(*where)
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    compiled = stmt.compile(dialect=bind.dialect)
+    conn = session.connection()
+    raw = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar()
+    plan: Any = json.loads(raw) if isinstance(raw, str) else raw
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def _page(session: Session, scope: Scope, req: SearchRequest, rtype: str,
+          where: list[ColumnElement[bool]]) -> SearchResult:
+    r = resource
     total = None
-    if req.summary == "count" or req.total in ("accurate", "estimate"):
+    if req.summary == "count" or req.total == "accurate":
         total = session.scalar(select(func.count()).select_from(r).where(*where)) or 0
-    if req.summary == "count" or req.count == 0 or total == 0:
+    elif req.total == "estimate":
+        total = _estimate(session, r, where)
+    if req.summary == "count" or req.count == 0 or (total == 0 and req.total == "accurate"):
         return SearchResult([], [], total, None, warnings=req.warnings)
     cursor = _decode(req.cursor) if req.cursor else {}
     stmt = _with_content(r).where(*where)
@@ -162,9 +244,11 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
     return SearchResult(matches, included, total, next_cursor, prev_cursor, req.warnings)
 
 
-def _reach_detail(reach: Reach, rtype: str) -> list[str]:
+def _reach_detail(reach: Reach, types: tuple[str, ...]) -> list[str]:
     """For the audit record: which other organisations' records the search could reach."""
-    return [f"{o.org_id}/{o.patient_id or '*'} via {o.via}" for o in reach.openings(rtype)][:20]
+    seen = {f"{o.org_id}/{o.patient_id or '*'} via {o.via}": None
+            for rtype in types for o in reach.openings(rtype)}
+    return list(seen)[:20]
 
 
 def _targets(source: str, param: str) -> tuple[str, ...]:
@@ -254,7 +338,7 @@ def _includes(session: Session, scope: Scope, matches: list[Found], includes: li
 def _link(base: str, path: str, used: list[tuple[str, str]], cursor: str | None) -> str:
     params = list(used) + ([("_cursor", cursor)] if cursor else [])
     query = urlencode(params)
-    return f"{base}/{path}" + (f"?{query}" if query else "")
+    return (f"{base}/{path}" if path else base) + (f"?{query}" if query else "")
 
 
 def searchset(result: SearchResult, req: SearchRequest, *, base: str, path: str

@@ -34,6 +34,7 @@ __all__ = [
     "SearchRequest",
     "SortKey",
     "TokenValue",
+    "ValueSetCodes",
     "parse_search",
     "split_values",
     "unescape",
@@ -45,7 +46,7 @@ Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 # The modifiers each parameter type takes here (the FHIR search page defines the full set).
 MODIFIERS: dict[str, frozenset[str]] = {
     "string": frozenset({"exact", "contains", "missing"}),
-    "token": frozenset({"not", "text", "missing", "of-type"}),
+    "token": frozenset({"not", "text", "missing", "of-type", "in", "not-in"}),
     "date": frozenset({"missing"}),
     "number": frozenset({"missing"}),
     "quantity": frozenset({"missing"}),
@@ -107,8 +108,19 @@ class CompositeValue:
     second_type: str
 
 
-Value = str | TokenValue | NumberValue | QuantityValue | DateValue | ReferenceValue | \
-    CompositeValue
+@dataclass(frozen=True, slots=True)
+class ValueSetCodes:
+    """A ValueSet named by ``:in``/``:not-in``, expanded: explicit ``(system, code)`` pairs
+    (system None: any), whole ``systems`` it includes, and codes ``excluded`` from those."""
+
+    url: str
+    codes: tuple[tuple[str | None, str], ...] = ()
+    systems: tuple[str, ...] = ()
+    excluded: tuple[tuple[str, str], ...] = ()
+
+
+Value = str | ValueSetCodes | TokenValue | NumberValue | QuantityValue | DateValue | \
+    ReferenceValue | CompositeValue
 
 
 @dataclass(frozen=True)
@@ -253,8 +265,8 @@ def _parse_value(name: str, ptype: str, raw: str, modifier: str | None) -> Value
     if ptype == "reference" and modifier == "identifier":
         return _parse_value(name, "token", raw, None)
     if ptype == "token":
-        if modifier == "text":
-            return unescape(raw)
+        if modifier in ("text", "in", "not-in"):
+            return unescape(raw)  # for :in/:not-in, the ValueSet, resolved when searching
         system, code = _split_token(raw)
         if system is None:
             return TokenValue(None, code or None)
@@ -396,8 +408,8 @@ def _composite(name: str, param: SearchParam, raw: str) -> CompositeValue:
     first = _parse_value(name, "token", parts[0], None)
     second_type = param.components[1].type
     second = _parse_value(name, second_type, parts[1], None)
-    assert isinstance(first, TokenValue) and not isinstance(second, (ReferenceValue,
-                                                                     CompositeValue))
+    assert isinstance(first, TokenValue) and not isinstance(
+        second, (ReferenceValue, CompositeValue, ValueSetCodes))
     return CompositeValue(first, second, second_type)
 
 
@@ -494,3 +506,73 @@ def _control(req: SearchRequest, name: str, raw: str) -> None:
     elif name == "_cursor":
         req.cursor = raw
     # _pretty, _contained, _containedType: accepted, no effect on a JSON server
+
+
+def parse_system_search(pairs: list[tuple[str, str]], *, strict: bool = False
+                        ) -> tuple[tuple[str, ...], list[SearchRequest]]:
+    """A search across types (``GET /fhir?_type=A,B&...``): the types, and one request each.
+
+    Without ``_type`` there is one request, parsed against the parameters every resource has
+    (``search_parameters("Resource")``). With it, a criterion must be a parameter of each
+    listed type (FHIR's rule for a multi-type search); one that is not is refused (strict)
+    or dropped for all types with a warning (lenient). ``_include``/``_revinclude`` name
+    their source type, which must be one of the listed types. Result controls (``_count``,
+    ``_sort``, ``_total``...) and the includes are carried by the first request.
+    """
+    types: list[str] = []
+    rest: list[tuple[str, str]] = []
+    includes: list[tuple[str, str]] = []
+    for name, raw in pairs:
+        if name == "_type":
+            for item in raw.split(","):
+                item = item.strip()
+                if item not in resource_types():
+                    raise _bad("_type", f"{item!r} is not an R4 resource type")
+                if item not in types:
+                    types.append(item)
+        elif name.startswith(("_include", "_revinclude")):
+            includes.append((name, raw))
+        else:
+            rest.append((name, raw))
+    if not types:
+        requests = [parse_search("Resource", rest, strict=strict)]
+    else:
+        kept, warnings = [], []
+        for name, raw in rest:
+            refused = None
+            for t in types:
+                try:
+                    parse_search(t, [(name, raw)], strict=True)
+                except FhirError as exc:
+                    if exc.issues and exc.issues[0].code == "not-supported":
+                        refused = exc.issues[0].diagnostics
+                        break
+                    raise
+            if refused is None:
+                kept.append((name, raw))
+            elif strict:
+                raise FhirError.of(400, "not-supported", refused)
+            else:
+                warnings.append(Issue("not-supported", f"ignored: {refused}", "warning"))
+        requests = [parse_search(t, kept, strict=True) for t in types]
+        requests[0].warnings[:0] = warnings
+        requests[0].used[:0] = [("_type", ",".join(types))]
+    first = requests[0]
+    for name, raw in includes:
+        source = raw.split(":")[0]
+        reverse = name.startswith("_revinclude")
+        if types and not reverse and source not in types and ":iterate" not in name:
+            raise _bad(name, f"{raw}: {source} is not one of the searched types (_type)")
+        try:
+            first.includes.append(_include(source if not reverse else first.resource_type,
+                                           name, raw))
+        except _Refusal as exc:
+            if strict:
+                raise FhirError.of(400, "not-supported", str(exc)) from None
+            first.warnings.append(Issue("not-supported", f"ignored: {exc}", "warning"))
+            continue
+        first.used.append((name, raw))
+    for key in first.sort:
+        if key.name not in ("_id", "_lastUpdated") and len(types) != 1:
+            raise _bad("_sort", "a search across types sorts by _id or _lastUpdated only")
+    return tuple(types), requests

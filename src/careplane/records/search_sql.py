@@ -46,13 +46,17 @@ from careplane.records.search_params import (
     ReferenceValue,
     SortKey,
     TokenValue,
+    ValueSetCodes,
 )
 from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
 
-__all__ = ["Scope", "criterion_clause", "live", "sort_columns", "visible"]
+__all__ = ["ANY_TYPE", "Scope", "criterion_clause", "live", "sort_columns", "visible"]
 
 _TOP = "\U0010ffff"
+#: The resource type a system-wide search (``GET /fhir?...`` without ``_type``) is built for:
+#: index rows of every type are searched.
+ANY_TYPE = "Resource"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +126,28 @@ def _string(t: FromClause, crit: Criterion, value: str) -> ColumnElement[bool]:
 def _token(t: FromClause, crit: Criterion, value: Any) -> ColumnElement[bool]:
     if crit.modifier == "text":
         return _prefix_match(t.c.text, fold(str(value)))
+    if isinstance(value, ValueSetCodes):
+        return _in_value_set(t, value)
     assert isinstance(value, TokenValue)
     return _token_test(t.c.system, t.c.code, value)
+
+
+def _in_value_set(t: FromClause, vs: ValueSetCodes) -> ColumnElement[bool]:
+    """A token in an expanded ValueSet: one of its codes, or any code of a whole system
+    it includes (less the codes it excludes)."""
+    by_system: dict[str | None, list[str]] = {}
+    for system, code in vs.codes:
+        by_system.setdefault(system, []).append(cut(code))
+    tests: list[ColumnElement[bool]] = []
+    for system, codes in by_system.items():
+        test = t.c.code.in_(sorted(set(codes)))
+        tests.append(test if system is None else and_(t.c.system == cut(system), test))
+    for system in vs.systems:
+        excluded = sorted({cut(c) for s, c in vs.excluded if s == system})
+        tests.append(and_(t.c.system == cut(system), t.c.code.is_not(None),
+                          t.c.code.not_in(excluded)) if excluded
+                     else and_(t.c.system == cut(system), t.c.code.is_not(None)))
+    return or_(*tests) if tests else false()
 
 
 def _token_test(system: Any, code: Any, value: TokenValue) -> ColumnElement[bool]:
@@ -312,6 +336,8 @@ def _value_test(t: FromClause, crit: Criterion, value: Any, scope: Scope
 
 def _rows(resource_type: str, code: str, ptype: str) -> tuple[FromClause, Select[Any]]:
     t = INDEX_TABLES[ptype]
+    if resource_type == ANY_TYPE:
+        return t, select(t.c.resource_pk).where(t.c.param == code)
     return t, select(t.c.resource_pk).where(t.c.resource_type == resource_type,
                                             t.c.param == code)
 
@@ -336,7 +362,7 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
     if crit.missing is not None:
         return r.c.pk.not_in(rows) if crit.missing else r.c.pk.in_(rows)
     matching = rows.where(or_(*(_value_test(t, crit, v, scope) for v in crit.values)))
-    if crit.modifier == "not":
+    if crit.modifier in ("not", "not-in"):
         return r.c.pk.not_in(matching)
     return r.c.pk.in_(matching)
 

@@ -1,0 +1,152 @@
+"""ValueSets stored on this server, expanded for the token modifiers ``:in`` and ``:not-in``.
+
+``code:in=http://example.org/vs/vitals`` names a ValueSet by its canonical ``url`` (optionally
+``url|version``); ``code:in=ValueSet/123`` (or this server's full URL of it) names one by its
+literal reference. Either must be a ValueSet the caller can search (their organisation's, or
+one the policy opens to them); anything else is a 400 OperationOutcome naming the value.
+
+A ValueSet is expanded from its ``expansion.contains`` (nested entries included) when it has
+one, else from ``compose``: each ``include`` adds its listed ``concept`` codes of its
+``system``, the whole ``system`` when it lists none, or the codes of the ValueSets it imports
+(``include.valueSet``); ``exclude`` removes listed concepts. Property filters
+(``include.filter``) need a terminology server and are refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from careplane.records.errors import FhirError
+from careplane.records.models import INDEX_TABLES, resource, resource_version
+from careplane.records.search_params import Criterion, ValueSetCodes
+from careplane.records.search_sql import Scope, live
+from careplane.records.values import cut, parse_reference
+
+__all__ = ["MAX_CODES", "expand", "resolve_value_sets"]
+
+#: A ValueSet expanding to more codes than this is refused (the search would be too costly).
+MAX_CODES = 5000
+_MAX_DEPTH = 5
+
+
+def _bad(ref: str, message: str) -> FhirError:
+    return FhirError.of(400, "invalid", f"ValueSet {ref!r}: {message}")
+
+
+def _load(session: Session, scope: Scope, ref: str) -> dict[str, Any]:
+    """The ValueSet resource ``ref`` names (canonical url[|version] or literal reference)."""
+    r = resource
+    stmt = (select(resource_version.c.content)
+            .join(r, and_(resource_version.c.resource_pk == r.c.pk,
+                          resource_version.c.version == r.c.version))
+            .where(live(r, "ValueSet", scope)))
+    local = scope.base and ref.startswith(scope.base.rstrip("/") + "/ValueSet/")
+    literal = parse_reference(ref) if (local or ref.startswith("ValueSet/")) else None
+    version = None
+    if literal is not None and literal.type == "ValueSet" and literal.id:
+        stmt = stmt.where(r.c.id == literal.id)
+    else:
+        url, _, version = ref.partition("|")
+        t = INDEX_TABLES["uri"]
+        stmt = stmt.where(r.c.pk.in_(select(t.c.resource_pk).where(
+            t.c.resource_type == "ValueSet", t.c.param == "url", t.c.value == cut(url))))
+    found = [c for c in session.scalars(stmt.limit(50))
+             if isinstance(c, dict) and (not version or c.get("version") == version)]
+    if not found:
+        raise FhirError.of(400, "not-found", f"ValueSet {ref!r} is not on this server "
+                           "(or not visible to you): :in and :not-in need a stored ValueSet")
+    if len(found) > 1:
+        raise _bad(ref, f"{len(found)} ValueSets have this url; add |version or use "
+                   "ValueSet/<id>")
+    return found[0]
+
+
+def _contains(items: Any, out: list[tuple[str | None, str]]) -> None:
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict):
+            continue
+        code = item.get("code")
+        if isinstance(code, str) and code and not item.get("abstract"):
+            system = item.get("system")
+            out.append((system if isinstance(system, str) and system else None, code))
+        _contains(item.get("contains"), out)
+
+
+def _concepts(part: dict[str, Any]) -> list[tuple[str, str]]:
+    system = part.get("system")
+    return [(system, c["code"]) for c in part.get("concept") or []
+            if isinstance(system, str) and isinstance(c, dict) and isinstance(c.get("code"), str)]
+
+
+def expand(session: Session, scope: Scope, ref: str, depth: int = 0) -> ValueSetCodes:
+    """The codes of the stored ValueSet ``ref`` (see the module docstring)."""
+    if depth > _MAX_DEPTH:
+        raise _bad(ref, f"imports ValueSets more than {_MAX_DEPTH} levels deep")
+    vs = _load(session, scope, ref)
+    codes: list[tuple[str | None, str]] = []
+    systems: list[str] = []
+    excluded: list[tuple[str, str]] = []
+    expansion = vs.get("expansion")
+    if isinstance(expansion, dict) and expansion.get("contains"):
+        _contains(expansion["contains"], codes)
+    else:
+        raw = vs.get("compose")
+        compose: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        includes = compose.get("include") or []
+        if not includes:
+            raise _bad(ref, "has neither expansion.contains nor compose.include")
+        for i, part in enumerate(includes):
+            if not isinstance(part, dict):
+                continue
+            where = f"compose.include[{i}]"
+            if part.get("filter"):
+                raise _bad(ref, f"{where}.filter needs a terminology server, which this "
+                           "server is not; list the concepts or store an expansion")
+            imported = part.get("valueSet") or []
+            if imported and (part.get("system") or part.get("concept")):
+                raise _bad(ref, f"{where} combines valueSet with system (an intersection), "
+                           "which is not supported")
+            for url in imported:
+                inner = expand(session, scope, str(url), depth + 1)
+                codes += inner.codes
+                systems += inner.systems
+                excluded += inner.excluded
+            if part.get("concept"):
+                codes += _concepts(part)
+            elif isinstance(part.get("system"), str) and not imported:
+                systems.append(part["system"])
+        for part in compose.get("exclude") or []:
+            if isinstance(part, dict):
+                if part.get("filter") or part.get("valueSet"):
+                    raise _bad(ref, "compose.exclude supports listed concepts only")
+                excluded += _concepts(part)
+    drop = set(excluded)
+    kept = sorted({c for c in codes if c not in drop}, key=lambda c: (c[0] or "", c[1]))
+    if len(kept) > MAX_CODES:
+        raise FhirError.of(400, "too-costly", f"ValueSet {ref!r} expands to {len(kept)} "
+                           f"codes; at most {MAX_CODES} are searched")
+    return ValueSetCodes(ref, tuple(kept), tuple(sorted(set(systems))),
+                         tuple(sorted(set(excluded))))
+
+
+def resolve_value_sets(session: Session, scope: Scope, criteria: list[Criterion]
+                       ) -> list[Criterion]:
+    """``criteria`` with each ``:in``/``:not-in`` value replaced by its expansion (chains and
+    ``_has`` included); the others come back unchanged."""
+    return [_resolve(session, scope, c) for c in criteria]
+
+
+def _resolve(session: Session, scope: Scope, crit: Criterion) -> Criterion:
+    if crit.chains:
+        return dataclasses.replace(crit, chains=tuple(
+            (t, _resolve(session, scope, inner)) for t, inner in crit.chains))
+    if crit.modifier not in ("in", "not-in") or crit.missing is not None:
+        return crit
+    return dataclasses.replace(crit, values=tuple(
+        expand(session, scope, v) if isinstance(v, str) else v for v in crit.values))
+
+
