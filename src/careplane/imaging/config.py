@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,8 @@ class ImagingSettings(BaseSettings):
     remote_aes: dict[str, RemoteAE] = Field(default_factory=dict)
     # browser origins (e.g. an OHIF viewer served elsewhere) allowed to call /dicomweb
     cors_origins: list[str] = Field(default_factory=list)
+    # the OHIF viewer's build, installed by scripts/install-ohif and served at /ohif/
+    ohif_dir: Path = Field(default_factory=lambda: Path.cwd() / "data" / "vendor" / "ohif")
     # keep a FHIR ImagingStudy (and Patient) in the records for every study
     fhir_link: bool = True
     # largest single instance accepted by STOW-RS or C-STORE

@@ -19,7 +19,9 @@ register_seeder(seed_imaging)
 
 def mount(app: FastAPI) -> None:
     from careplane.imaging.dicomweb import router as dicomweb
+    from careplane.imaging.ohif import router as ohif
     from careplane.imaging.web import router as pages
 
     app.include_router(dicomweb)
     app.include_router(pages)
+    app.include_router(ohif)
