@@ -83,6 +83,14 @@ def test_variants_api(client: TestClient, accounts: Accounts, settings: Settings
     assert got.status_code == 200
     body = got.json()
     assert body["total"] > 0 and all(v["zygosity"] == "het" for v in body["variants"])
+    # Out of the box, gene queries use the shipped table of the simulator's contigs.
+    shipped = client.get("/api/genomics/genes", headers=nurse.headers)
+    assert shipped.headers["Gene-Table"] == "default" and len(shipped.json()) > 300
+    first = shipped.json()[0]
+    assert client.get("/api/genomics/variants", params={"gene": first["name"]},
+                      headers=nurse.headers).json()["total"] == sum(
+        1 for v in dataset.variants if v.contig == first["chrom"]
+        and first["start"] <= v.pos + len(v.ref) - 1 and v.pos <= first["end"])
     genes = client.put("/api/genomics/genes", content=b"chr1\t0\t3000\tgeneA\n",
                        headers=nurse.headers)
     assert genes.status_code == 200 and genes.json() == {"genes": 1}
@@ -90,9 +98,82 @@ def test_variants_api(client: TestClient, accounts: Accounts, settings: Settings
                          headers=nurse.headers).json()
     assert by_gene["total"] == sum(1 for v in dataset.variants
                                    if v.contig == "chr1" and v.pos <= 3000)
+    own = client.get("/api/genomics/genes", headers=nurse.headers)
+    assert own.headers["Gene-Table"] == "organisation" and len(own.json()) == 1
+    assert client.delete("/api/genomics/genes", headers=nurse.headers).status_code == 204
+    assert client.get("/api/genomics/genes",
+                      headers=nurse.headers).headers["Gene-Table"] == "default"
     bad = client.put("/api/genomics/genes", content=b"chr1\tx\t3\tg\n", headers=nurse.headers)
     assert bad.status_code == 422 and "line 1" in bad.json()["error"]["message"]
     assert client.get("/api/genomics/variants", params={"start": 10, "end": 5},
                       headers=nurse.headers).status_code == 422
     other = accounts.make("oscar", Role.clinician, org="org-b")
     assert client.get("/api/genomics/variants", headers=other.headers).json()["total"] == 0
+
+
+def test_shipped_gene_table_answers_gene_queries_until_one_is_loaded(
+        store: VariantStore, dataset: SimulatedDataset) -> None:
+    from careplane.genomics.simulate import simulated_genes
+    from careplane.genomics.variants import DEFAULT_GENES
+
+    # The shipped table is exactly the documented generator's output.
+    shipped = [line.split("\t") for line in DEFAULT_GENES.read_text().splitlines()
+               if not line.startswith("#")]
+    assert [(c, int(s), int(e), n) for c, s, e, n in shipped] == simulated_genes(
+        {f"chr{i}": 250_000 for i in range(1, 5)})
+    assert store.gene_table("orga") == "default"
+    genes = store.genes("orga")
+    assert len(genes) == len(shipped) and genes[0]["start"] == int(shipped[0][1]) + 1
+    # Every gene with planted variants finds exactly the variants inside it.
+    hits = 0
+    for gene in genes:
+        inside = [v for v in dataset.variants if v.contig == gene["chrom"]
+                  and v.pos <= gene["end"] and v.pos + len(v.ref) - 1 >= gene["start"]]
+        found = store.query("orga", VariantQuery(gene=gene["name"], limit=1000))
+        assert found["total"] == len(inside), gene
+        hits += bool(inside)
+    assert hits > 5
+    # An organisation's own table replaces it; dropping that brings the shipped one back.
+    store.load_genes("chr1\t0\t5000\tgeneA\n", org_id="orga")
+    assert store.gene_table("orga") == "organisation"
+    assert store.query("orga", VariantQuery(gene="CHR1G001"))["total"] == 0
+    store.reset_genes("orga")
+    assert store.gene_table("orga") == "default" and len(store.genes("orga")) == len(shipped)
+
+
+def _one_site_vcf(path: Path, genotype: tuple[int | None, ...] | None) -> Path:
+    import pysam
+
+    header = pysam.VariantHeader()
+    header.contigs.add("chr1", length=1000)
+    header.formats.add("GT", 1, "String", "Genotype")
+    header.add_sample("S")
+    with pysam.VariantFile(str(path), "w", header=header) as out:
+        if genotype is not None:
+            rec = out.new_record(contig="chr1", start=99, stop=100, alleles=("A", "G"),
+                                 qual=50)
+            rec.samples["S"]["GT"] = genotype
+            out.write(rec)
+    return path
+
+
+def test_a_missing_call_counts_as_missing_not_reference(tmp_path: Path) -> None:
+    store = VariantStore(tmp_path / "store")
+    calls = {"a": (0, 1), "b": (None, None), "c": None, "d": (0, None), "e": (1, 1)}
+    for name, gt in calls.items():
+        vcf = _one_site_vcf(tmp_path / f"{name}.vcf", gt)
+        store.load_vcf(vcf, org_id="orga", sample_id=name, sample_name=name.upper(),
+                       run_id="r")
+    rows = store.query("orga", VariantQuery(chrom="chr1"))["variants"]
+    # Only the carriers are listed; b's ./. and d's 0/. are not variants of theirs.
+    assert [(r["sample_name"], r["genotype"], r["zygosity"]) for r in rows] == [
+        ("A", "0/1", "het"), ("E", "1/1", "hom")]
+    # 5 samples, 10 alleles, of which 3 are missing (b: 2, d: 1): 3 alternate of 7 called;
+    # c, with no record, counts as reference.
+    assert {r["allele_count"] for r in rows} == {3} and {r["carriers"] for r in rows} == {2}
+    assert {r["allele_number"] for r in rows} == {7}
+    assert rows[0]["cohort_af"] == pytest.approx(3 / 7)
+    assert store.query("orga", VariantQuery(max_cohort_af=0.4))["total"] == 0
+    assert store.query("orga", VariantQuery(max_cohort_af=0.43))["total"] == 2
+    summary = {r["sample_name"]: r["variants"] for r in store.summary("orga")}
+    assert summary == {"A": 1, "E": 1}

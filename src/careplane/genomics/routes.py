@@ -370,10 +370,21 @@ async def load_genes(request: Request, platform: PlatformDep,
 
 
 @router.get("/genes")
-def list_genes(session: SessionDep, platform: PlatformDep,
-               principal: PrincipalDep) -> list[dict[str, Any]]:
+def list_genes(session: SessionDep, platform: PlatformDep, principal: PrincipalDep,
+               response: Response) -> list[dict[str, Any]]:
+    """The gene table of ``gene=`` queries: the organisation's own, or else the shipped one
+    (header ``Gene-Table: organisation`` or ``default``)."""
     authorize(session, principal, Action.search, _target("gene", principal))
-    return VariantStore(platform.settings.data_dir).genes(principal.org_id)
+    store = VariantStore(platform.settings.data_dir)
+    response.headers["Gene-Table"] = store.gene_table(principal.org_id)
+    return store.genes(principal.org_id)
+
+
+@router.delete("/genes", status_code=status.HTTP_204_NO_CONTENT)
+def reset_genes(session: SessionDep, platform: PlatformDep, principal: PrincipalDep) -> None:
+    """Drop the organisation's own gene table: gene queries use the shipped one again."""
+    authorize(session, principal, Action.update, _target("gene", principal))
+    VariantStore(platform.settings.data_dir).reset_genes(principal.org_id)
 
 
 # -- resumable uploads ----------------------------------------------------------------------

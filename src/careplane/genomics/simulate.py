@@ -49,6 +49,7 @@ __all__ = [
     "read_fasta",
     "simulate_dataset",
     "simulate_reads",
+    "simulated_genes",
     "write_fasta",
     "write_truth_vcf",
 ]
@@ -665,3 +666,30 @@ def simulate_dataset(
         variants=tuple(variants),
         config=cfg,
     )
+
+
+def simulated_genes(contigs: Mapping[str, int], seed: int = 11, *, min_length: int = 600,
+                    max_length: int = 3_000, min_gap: int = 100, max_gap: int = 1_500
+                    ) -> list[tuple[str, int, int, str]]:
+    """Gene-like intervals tiling the simulator's contigs: ``(chrom, start, end, name)`` with
+    BED's 0-based, half-open coordinates, in order.
+
+    The simulator's genomes are random, so they have no genes; this gives them an annotation of
+    the usual shape (genes of 0.6-3 kb separated by 0.1-1.5 kb intergenic gaps, names
+    ``<CONTIG>G<number>`` such as ``CHR1G007``), so gene queries can be shown and tested on
+    simulated data. careplane ships the table for ``chr1`` to ``chr4`` at 250 kb each (which
+    covers every dataset the tests and the demo simulate) as its default gene table; see
+    :mod:`careplane.genomics.variants`.
+    """
+    rng = np.random.default_rng(seed)
+    genes: list[tuple[str, int, int, str]] = []
+    for chrom, size in contigs.items():
+        position, number = int(rng.integers(min_gap, max_gap + 1)), 0
+        while True:
+            length = int(rng.integers(min_length, max_length + 1))
+            if position + length > size:
+                break
+            number += 1
+            genes.append((chrom, position, position + length, f"{chrom.upper()}G{number:03d}"))
+            position += length + int(rng.integers(min_gap, max_gap + 1))
+    return genes

@@ -9,9 +9,17 @@ latest calls. Queries open a fresh in-memory DuckDB connection over the files: n
 file, hence no single-writer lock shared between the API and the job workers.
 
 Calls the pipeline filtered out (FILTER other than PASS) are stored but left out of queries
-unless asked for. Cohort allele frequency is the alternate allele count over ``2 x`` the
-number of samples in the organisation's store, counting a sample without a call at a site as
-homozygous reference (the usual approximation when only variant sites are kept).
+unless asked for. Cohort allele frequency is the alternate allele count over the number of
+called alleles at the site: ``2 x`` the samples in the organisation's store, less the alleles
+of samples whose genotype there is missing (``./.``, or half of ``0/.``). A sample with no
+record at a site counts as homozygous reference (the usual approximation when only variant
+sites are kept); a missing call is kept as a row with no alternate allele, so it counts as
+missing, never as a carrier or as reference.
+
+Gene queries join a gene table: the organisation's own (a BED loaded with :meth:`load_genes`)
+or, until it loads one, the table careplane ships: a generated annotation of the simulator's
+contigs (see :func:`careplane.genomics.simulate.simulated_genes`), so gene queries work out
+of the box on the demo and on simulated data.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from typing import Any
 import duckdb
 import pysam
 
-__all__ = ["GeneError", "VariantQuery", "VariantStore"]
+__all__ = ["DEFAULT_GENES", "GeneError", "VariantQuery", "VariantStore"]
+
+DEFAULT_GENES = Path(__file__).with_name("data") / "simulated_genes.bed"
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _COLUMNS = (
@@ -104,11 +114,17 @@ class VariantStore:
             partial = Path(tmp) / "calls.parquet"
             con = duckdb.connect()
             try:
-                types = {name: kind for name, kind in _COLUMNS}
-                con.execute(
-                    "COPY (SELECT * FROM read_csv(?, delim='\t', header=false, columns=?, "
-                    "nullstr='', quote='') ORDER BY chrom, pos) TO ? (FORMAT parquet)",
-                    [str(table), types, str(partial)])
+                if rows:
+                    types = {name: kind for name, kind in _COLUMNS}
+                    con.execute(
+                        "COPY (SELECT * FROM read_csv(?, delim='\t', header=false, columns=?, "
+                        "nullstr='', quote='') ORDER BY chrom, pos) TO ? (FORMAT parquet)",
+                        [str(table), types, str(partial)])
+                else:  # no calls at all: still a sample of the cohort
+                    empty = ", ".join(f"CAST(NULL AS {kind}) AS {name}"
+                                      for name, kind in _COLUMNS)
+                    con.execute(f"COPY (SELECT {empty} WHERE false) TO ? (FORMAT parquet)",
+                                [str(partial)])
             finally:
                 con.close()
             os.replace(partial, target)
@@ -125,20 +141,26 @@ class VariantStore:
                 for rec in fh:
                     ref = (rec.ref or "").upper()
                     call = rec.samples[sample] if sample is not None else None
-                    gt = tuple(a for a in (call.get("GT") or ()) if a is not None) if call \
-                        else ()
+                    raw_gt = tuple(call.get("GT") or ()) if call is not None else ()
+                    gt = tuple(a for a in raw_gt if a is not None)
+                    partly_missing = None in raw_gt
                     ad = call.get("AD") if call else None
                     dp = call.get("DP") if call else None
                     filters = ";".join(str(k) for k in rec.filter) or "PASS"
                     for index, alt in enumerate(rec.alts or (), start=1):
                         if alt in ("*", ".") or alt.startswith("<"):
                             continue
-                        alt_count = sum(1 for a in gt if a == index)
-                        if gt and alt_count == 0:
-                            continue
-                        zygosity = ("hom" if gt and alt_count == len(gt) else "het") if gt \
-                            else ""
-                        genotype = "/".join(str(a) for a in gt)
+                        if not raw_gt:  # a sites-only VCF: each record is one carried allele
+                            alt_count, zygosity = 1, ""
+                        else:
+                            alt_count = sum(1 for a in gt if a == index)
+                            if alt_count == 0 and not partly_missing:
+                                continue  # another allele's record, or reference
+                            # ./. and 0/. are kept with no alternate allele: they count as
+                            # missing in cohort frequencies, never as carriers or reference.
+                            zygosity = "" if alt_count == 0 else (
+                                "hom" if alt_count == len(raw_gt) else "het")
+                        genotype = "/".join("." if a is None else str(a) for a in raw_gt)
                         ref_depth = ad[0] if ad and ad[0] is not None else ""
                         alt_depth = ad[index] if ad and len(ad) > index and \
                             ad[index] is not None else ""
@@ -146,7 +168,7 @@ class VariantStore:
                             sample_id, sample_name, run_id, rec.chrom, rec.pos,
                             rec.pos + len(ref) - 1, ref, alt.upper(), _classify(ref, alt),
                             "" if rec.qual is None else f"{rec.qual:.2f}", filters, genotype,
-                            zygosity, alt_count or 1, "" if dp is None else dp, ref_depth,
+                            zygosity, alt_count, "" if dp is None else dp, ref_depth,
                             alt_depth])
                         rows += 1
         finally:
@@ -162,45 +184,38 @@ class VariantStore:
         """Replace the organisation's gene table with a BED (chrom, start, end, name)."""
         directory = self._org_dir(org_id)
         directory.mkdir(parents=True, exist_ok=True)
-        rows: list[tuple[str, int, int, str]] = []
-        for number, line in enumerate(bed_text.splitlines(), start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            fields = line.split("\t") if "\t" in line else line.split()
-            if len(fields) < 4:
-                raise GeneError(f"line {number}: a gene needs chrom, start, end and name")
-            try:
-                start, end = int(fields[1]), int(fields[2])
-            except ValueError:
-                raise GeneError(f"line {number}: start and end must be integers") from None
-            if start < 0 or end <= start:
-                raise GeneError(f"line {number}: need 0 <= start < end")
-            rows.append((fields[0], start + 1, end, fields[3]))  # stored 1-based, inclusive
-        if not rows:
-            raise GeneError("the BED file has no genes")
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".genes-") as tmp:
-            table = Path(tmp) / "genes.tsv"
-            table.write_text("".join(f"{c}\t{s}\t{e}\t{n}\n" for c, s, e, n in rows))
-            partial = Path(tmp) / "genes.parquet"
-            con = duckdb.connect()
-            try:
-                con.execute(
-                    "COPY (SELECT * FROM read_csv(?, delim='\t', header=false, quote='', "
-                    "columns={'chrom': 'VARCHAR', 'start_pos': 'BIGINT', 'end_pos': 'BIGINT', "
-                    "'name': 'VARCHAR'})) TO ? (FORMAT parquet)", [str(table), str(partial)])
-            finally:
-                con.close()
-            os.replace(partial, directory / "genes.parquet")
+        rows = _parse_bed(bed_text)
+        _write_genes(rows, directory / "genes.parquet")
         return len(rows)
 
+    def reset_genes(self, org_id: str) -> None:
+        """Drop the organisation's own gene table: gene queries use the shipped one again."""
+        (self._org_dir(org_id) / "genes.parquet").unlink(missing_ok=True)
+
+    def gene_table(self, org_id: str) -> str:
+        """Which table gene queries use: ``"organisation"`` or ``"default"``."""
+        return "organisation" if (self._org_dir(org_id) / "genes.parquet").exists() \
+            else "default"
+
+    def _gene_relation(self, org_id: str) -> tuple[str, str]:
+        """SQL for the gene table in use (1-based, inclusive) and its one parameter."""
+        own = self._org_dir(org_id) / "genes.parquet"
+        if own.exists():
+            return "read_parquet(?)", str(own)
+        # The shipped BED, converted once per data directory (and again when it changes).
+        shipped = DEFAULT_GENES.stat()
+        cached = self.root / f"default-genes-{shipped.st_size}-{shipped.st_mtime_ns}.parquet"
+        if not cached.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _write_genes(_parse_bed(DEFAULT_GENES.read_text()), cached)
+        return "read_parquet(?)", str(cached)
+
     def genes(self, org_id: str) -> list[dict[str, Any]]:
-        path = self._org_dir(org_id) / "genes.parquet"
-        if not path.exists():
-            return []
+        relation, param = self._gene_relation(org_id)
         con = duckdb.connect()
         try:
-            rows = con.execute("SELECT chrom, start_pos, end_pos, name FROM read_parquet(?) "
-                               "ORDER BY chrom, start_pos", [str(path)]).fetchall()
+            rows = con.execute(f"SELECT chrom, start_pos, end_pos, name FROM {relation} "  # noqa: S608
+                               "ORDER BY chrom, start_pos", [param]).fetchall()
         finally:
             con.close()
         return [{"chrom": c, "start": s, "end": e, "name": n} for c, s, e, n in rows]
@@ -212,17 +227,14 @@ class VariantStore:
         files = self._files(org_id)
         if not files:
             return {"total": 0, "samples_in_cohort": 0, "variants": []}
-        genes_path = self._org_dir(org_id) / "genes.parquet"
         where: list[str] = []
-        params: list[Any] = [files]
+        params: list[Any] = [files, len(files)]  # one file per sample: the cohort's size
         gene_join = ""
         if q.gene is not None:
-            if not genes_path.exists():
-                return {"total": 0, "samples_in_cohort": 0, "variants": [],
-                        "problem": "no gene table loaded"}
-            gene_join = ("JOIN read_parquet(?) g ON g.chrom = c.chrom AND c.pos <= g.end_pos "
+            relation, genes_param = self._gene_relation(org_id)
+            gene_join = (f"JOIN {relation} g ON g.chrom = c.chrom AND c.pos <= g.end_pos "
                          "AND c.end_pos >= g.start_pos AND g.name = ?")
-            params += [str(genes_path), q.gene]
+            params += [genes_param, q.gene]
         if q.chrom is not None:
             where.append("c.chrom = ?")
             params.append(q.chrom)
@@ -245,18 +257,24 @@ class VariantStore:
             where.append("c.qual >= ?")
             params.append(q.min_qual)
         if q.max_cohort_af is not None:
-            where.append("k.allele_count / (2.0 * n.samples) <= ?")
+            where.append("k.allele_count / nullif(2.0 * n.samples - k.missing_alleles, 0) <= ?")
             params.append(q.max_cohort_af)
-        condition = ("WHERE " + " AND ".join(where)) if where else ""
+        where.append("c.alt_count > 0")  # a missing call is no variant of its sample
+        condition = "WHERE " + " AND ".join(where)
         passed = "" if q.include_filtered else "WHERE filter = 'PASS'"
         # Only fixed clauses and int()s are interpolated; every value is a bound parameter.
         sql = f"""
             WITH calls AS (SELECT * FROM read_parquet(?) {passed}),
-            n AS (SELECT count(DISTINCT sample_id) AS samples FROM calls),
+            n AS (SELECT ?::BIGINT AS samples),
             k AS (SELECT chrom, pos, ref, alt, sum(alt_count) AS allele_count,
-                         count(*) AS carriers FROM calls GROUP BY chrom, pos, ref, alt)
+                         count(*) FILTER (WHERE alt_count > 0) AS carriers,
+                         sum(length(genotype) - length(replace(genotype, '.', '')))
+                             AS missing_alleles
+                  FROM calls GROUP BY chrom, pos, ref, alt)
             SELECT c.*, k.allele_count, k.carriers, n.samples,
-                   k.allele_count / (2.0 * n.samples) AS cohort_af,
+                   2 * n.samples - k.missing_alleles AS allele_number,
+                   k.allele_count / nullif(2.0 * n.samples - k.missing_alleles, 0)
+                       AS cohort_af,
                    count(*) OVER () AS total
             FROM calls c JOIN k USING (chrom, pos, ref, alt) CROSS JOIN n {gene_join}
             {condition}
@@ -269,15 +287,13 @@ class VariantStore:
             cursor = con.execute(sql, params)
             names = [d[0] for d in cursor.description]
             rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-            samples = con.execute("SELECT count(DISTINCT sample_id) FROM read_parquet(?)",
-                                  [files]).fetchone()
         finally:
             con.close()
         total = rows[0]["total"] if rows else 0
         for row in rows:
             row.pop("total", None)
             row.pop("samples", None)
-        return {"total": total, "samples_in_cohort": samples[0] if samples else 0,
+        return {"total": total, "samples_in_cohort": len(files),
                 "variants": rows}
 
     def summary(self, org_id: str, sample_ids: Sequence[str] | None = None
@@ -294,7 +310,8 @@ class VariantStore:
                 "count(*) FILTER (WHERE variant_class = 'indel') AS indels, "
                 "count(*) FILTER (WHERE zygosity = 'het') AS het, "
                 "count(*) FILTER (WHERE zygosity = 'hom') AS hom "
-                "FROM read_parquet(?) WHERE filter = 'PASS' GROUP BY ALL ORDER BY sample_name",
+                "FROM read_parquet(?) WHERE filter = 'PASS' AND alt_count > 0 "
+                "GROUP BY ALL ORDER BY sample_name",
                 [files]).fetchall()
         finally:
             con.close()
@@ -304,3 +321,41 @@ class VariantStore:
             wanted = set(sample_ids)
             out = [r for r in out if r["sample_id"] in wanted]
         return out
+
+
+def _write_genes(rows: Sequence[tuple[str, int, int, str]], target: Path) -> None:
+    """Write a gene table as Parquet, replacing ``target`` atomically."""
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".genes-") as tmp:
+        table = Path(tmp) / "genes.tsv"
+        table.write_text("".join(f"{c}\t{s}\t{e}\t{n}\n" for c, s, e, n in rows))
+        partial = Path(tmp) / "genes.parquet"
+        con = duckdb.connect()
+        try:
+            con.execute(
+                "COPY (SELECT * FROM read_csv(?, delim='\t', header=false, quote='', "
+                "columns={'chrom': 'VARCHAR', 'start_pos': 'BIGINT', 'end_pos': 'BIGINT', "
+                "'name': 'VARCHAR'})) TO ? (FORMAT parquet)", [str(table), str(partial)])
+        finally:
+            con.close()
+        os.replace(partial, target)
+
+
+def _parse_bed(bed_text: str) -> list[tuple[str, int, int, str]]:
+    """BED lines as ``(chrom, start, end, name)``, 1-based and inclusive."""
+    rows: list[tuple[str, int, int, str]] = []
+    for number, line in enumerate(bed_text.splitlines(), start=1):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 4:
+            raise GeneError(f"line {number}: a gene needs chrom, start, end and name")
+        try:
+            start, end = int(fields[1]), int(fields[2])
+        except ValueError:
+            raise GeneError(f"line {number}: start and end must be integers") from None
+        if start < 0 or end <= start:
+            raise GeneError(f"line {number}: need 0 <= start < end")
+        rows.append((fields[0], start + 1, end, fields[3]))  # stored 1-based, inclusive
+    if not rows:
+        raise GeneError("the BED file has no genes")
+    return rows
