@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 from sqlalchemy import select
 
 from careplane.platform.db import Database
-from careplane.security.audit import AuditRecord
+from careplane.security.audit import AuditRecord, flush_all
 from tests.records.conftest import Fhir, observation, patient
 
 
@@ -94,6 +94,7 @@ def test_every_interaction_is_authorised_with_the_patient(fhir: Fhir, db: Databa
     oid = fhir.create(observation(f"Patient/{pid}"))["id"]
     fhir.get(f"Observation/{oid}")
     fhir.search(f"Patient/{pid}/Observation")
+    flush_all()  # reads are recorded moments after their commit
     with db.session() as s:
         rows = s.execute(select(AuditRecord.action, AuditRecord.target_kind,
                                 AuditRecord.target_id, AuditRecord.patient_id)

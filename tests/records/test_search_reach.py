@@ -11,7 +11,7 @@ from sqlalchemy import select
 from careplane.platform.db import Database
 from careplane.security import Role
 from careplane.security.actions import Action
-from careplane.security.audit import AuditRecord
+from careplane.security.audit import AuditRecord, flush_all
 from careplane.security.consent import Provision, record_consent
 from careplane.security.grants import create_grant, revoke_grant
 from tests.records.conftest import Fhir, observation, patient
@@ -94,6 +94,7 @@ def test_a_grant_for_one_patient_opens_that_patients_records_on_every_search_pat
                        headers={"If-None-Exist": f"_id={w['ann']}"})
     assert r.status_code == 201 and r.json()["id"] != w["ann"]
     # the search's audit record says what it reached, and through which grant
+    flush_all()  # reads are recorded moments after their commit
     with db.session() as session:
         reached = [r.detail["reach"] for r in session.scalars(
             select(AuditRecord).where(AuditRecord.action == "search")) if "reach" in r.detail]

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from careplane.platform.db import Database
 from careplane.security import Principal, Role
-from careplane.security.audit import AuditRecord, verify
+from careplane.security.audit import AuditRecord, flush_all, verify
 from careplane.security.consent import Provision, record_consent
 from careplane.security.grants import create_grant, revoke_grant
 from careplane.security.guard import authorize
@@ -26,6 +26,7 @@ def orgs(db: Database) -> tuple[str, str]:
 
 
 def _records(db: Database) -> list[AuditRecord]:
+    flush_all()  # reads are recorded moments after their commit
     with db.session() as session:
         return list(session.scalars(select(AuditRecord).order_by(AuditRecord.id)))
 

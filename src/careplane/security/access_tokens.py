@@ -10,6 +10,8 @@ memberships (roles are never taken from the token, so removing a role takes effe
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from careplane.platform.db import new_id, utcnow
 from careplane.security._principal import Principal, Role
-from careplane.security.identity import hash_token, load_token, own_patient
+from careplane.security.identity import hash_token, load_token
 from careplane.security.keys import SIGNING_ALG, current_key, verification_key
 from careplane.security.models import AuthToken, User
 from careplane.security.oauth_models import UserPatient
@@ -109,9 +111,25 @@ def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(compact.headers()), claims
 
 
-def resolve_access_token(session: Session, token: str, *, issuer: str,
-                         audience: str | None = None) -> Principal:
-    """The principal a JWT access token stands for; :class:`TokenRejected` says why not."""
+# Tokens whose signature has verified, with their key id and claims: a token is presented on
+# every request of its hour, and checking an ES256 signature costs more than the rest of
+# authentication. Only the signature check is skipped for a cached token; its key must still
+# be published, and its claims, its row (revocation) and its account are checked every time.
+_VERIFIED_MAX = 4096
+_verified: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
+def _verified_claims(session: Session, token: str, issuer: str) -> dict[str, Any]:
+    with _verified_lock:
+        cached = _verified.get(token)
+    if cached is not None:
+        cached_kid, claims = cached
+        if claims.get("iss") != issuer:
+            raise TokenRejected("the token was issued by an unknown issuer")
+        if verification_key(session, cached_kid) is None:
+            raise TokenRejected("the token is signed with an unknown or expired key")
+        return claims
     header, unverified = _unverified(token)
     if unverified.get("iss") != issuer:
         raise TokenRejected("the token was issued by an unknown issuer")
@@ -125,6 +143,18 @@ def resolve_access_token(session: Session, token: str, *, issuer: str,
         claims = jwt.decode(token, key, algorithms=[SIGNING_ALG]).claims
     except (JoseError, ValueError) as exc:
         raise TokenRejected("the token's signature does not verify") from exc
+    assert isinstance(kid, str)
+    with _verified_lock:
+        _verified[token] = (kid, claims)
+        while len(_verified) > _VERIFIED_MAX:
+            _verified.popitem(last=False)
+    return claims
+
+
+def resolve_access_token(session: Session, token: str, *, issuer: str,
+                         audience: str | None = None) -> Principal:
+    """The principal a JWT access token stands for; :class:`TokenRejected` says why not."""
+    claims = _verified_claims(session, token, issuer)
     registry = jwt.JWTClaimsRegistry(
         leeway=_LEEWAY, iss={"essential": True, "value": issuer},
         aud={"essential": True, "value": audience or issuer},
@@ -152,7 +182,7 @@ def resolve_access_token(session: Session, token: str, *, issuer: str,
     patient = claims.get("patient")
     if Role.patient in holder.roles:
         # A patient's own record is the link on their account, whatever the token claims.
-        patient = own_patient(session, holder.user_id, holder.org_id)
+        patient = holder.own_patient
     return Principal(user_id=holder.user_id, username=holder.username, org_id=holder.org_id,
                      roles=holder.roles, token_id=holder.token_id,
                      scopes=frozenset(holder.scopes.split()),

@@ -1,13 +1,45 @@
 """The audit trail: append-only and hash-chained.
 
 Each record's hash covers its content and the previous record's hash, so editing or deleting any
-record breaks every later link, which :func:`verify` reports. Records are written in the
-caller's transaction: if the change fails, so does its audit record, and the other way round.
+record breaks every later link, which :func:`verify` reports.
+
+Two ways in, one chain:
+
+* :func:`record` appends in the caller's transaction. Every change (create, update, delete,
+  export, execute, a review) and every refusal is recorded this way: if the change fails, so
+  does its audit record, and the other way round.
+* :func:`record_after_commit` is for read-only access (read, search — FHIR read/vread/search/
+  history, DICOMweb and genomics reads). Such an access changes nothing, so its record need
+  not cost the request a durable commit of its own: once the request's transaction commits,
+  the record goes to this process's :class:`AuditWriter`, which appends what has gathered
+  in one transaction (group commit, the chain computed under the chain lock) at most
+  ``delay`` seconds later (50 ms by default, ``CAREPLANE_AUDIT_DELAY_MS``). This is the
+  asynchronous delivery IHE ATNA describes for audit messages. On SQLite (one writer at a
+  time, and a commit that slips between another transaction's read and write voids that
+  transaction) there is no thread: the records are written right after the request's commit,
+  in the request's thread, grouped with whatever else is queued; they are then durable
+  before the response leaves.
+
+  Durability window on PostgreSQL, stated plainly: a read's record is on disk up to
+  ``delay`` (plus one commit) after the response has gone out. A clean shutdown (end of the
+  application's lifespan, ``Database.dispose``, exit of the CLI or of a worker) writes
+  everything queued first, and so does :func:`flush_all` (called by whoever reads the trail:
+  :func:`verify`, the audit API). A process killed outright (SIGKILL, power loss) loses the
+  reads of its last ``delay``; no change is ever lost, since changes never take this path.
+  The chain's order (ids) is the order of appending; ``at`` is the time of the access itself.
+  The writer fails closed: when it cannot write (database down) its queue fills, and once it
+  holds ``capacity`` records a read waits up to ``wait`` seconds for room and is then
+  answered 503 rather than served unrecorded.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,15 +47,30 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Boolean, Integer, String, Text, select, text
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    Engine,
+    Integer,
+    String,
+    Text,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
-from careplane.platform.db import Base, JSONType, UTCDateTime, utcnow
+from careplane.platform.db import Base, DatabaseUnavailable, JSONType, UTCDateTime, utcnow
 from careplane.platform.logs import request_id_var
 from careplane.security._principal import Principal
 from careplane.security.policy import Decision, Target
 
-__all__ = ["AuditRecord", "Outcome", "VerifyResult", "record", "verify"]
+__all__ = ["AuditRecord", "AuditUnavailable", "AuditWriter", "Outcome", "VerifyResult",
+           "close_writer", "flush", "flush_all", "record", "record_after_commit", "verify",
+           "writer_for"]
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 
@@ -77,13 +124,10 @@ def _lock_chain(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(7350001)"))
 
 
-def record(session: Session, principal: Principal | None, action: str, target: Target, *,
-           outcome: Outcome = Outcome.success, decision: Decision | None = None,
-           source: str | None = None, detail: dict[str, Any] | None = None) -> AuditRecord:
-    _lock_chain(session)
-    last = session.scalar(select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1))
-    prev_hash = last or GENESIS
-    row = AuditRecord(
+def _row(principal: Principal | None, action: str, target: Target, outcome: Outcome,
+         decision: Decision | None, source: str | None,
+         detail: dict[str, Any] | None) -> AuditRecord:
+    return AuditRecord(
         at=utcnow(),
         actor_id=principal.user_id if principal else None,
         actor_name=principal.username if principal else "",
@@ -93,11 +137,253 @@ def record(session: Session, principal: Principal | None, action: str, target: T
         reason=decision.reason if decision else "",
         purpose=decision.purpose if decision else None,
         break_glass=bool(decision and decision.break_glass), source=source,
-        request_id=request_id_var.get(), detail=detail or {}, prev_hash=prev_hash)
-    row.hash = _digest(row, prev_hash)
-    session.add(row)
+        request_id=request_id_var.get(), detail=detail or {})
+
+
+def _append(session: Session, rows: list[AuditRecord]) -> None:
+    """Chain ``rows`` onto the newest record, in order, and write them in ``session``."""
+    _lock_chain(session)
+    prev_hash = session.scalar(
+        select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)) or GENESIS
+    for row in rows:
+        row.prev_hash = prev_hash
+        row.hash = prev_hash = _digest(row, prev_hash)
+    session.add_all(rows)
     session.flush()
+
+
+def record(session: Session, principal: Principal | None, action: str, target: Target, *,
+           outcome: Outcome = Outcome.success, decision: Decision | None = None,
+           source: str | None = None, detail: dict[str, Any] | None = None) -> AuditRecord:
+    """Append a record in the caller's transaction (it commits or fails with the change)."""
+    row = _row(principal, action, target, outcome, decision, source, detail)
+    _append(session, [row])
     return row
+
+
+# -- read-only access: recorded after the request's commit, group-committed ----------------
+
+_PENDING = "careplane.audit.pending"
+
+
+def record_after_commit(session: Session, principal: Principal | None, action: str,
+                        target: Target, *, outcome: Outcome = Outcome.success,
+                        decision: Decision | None = None, source: str | None = None,
+                        detail: dict[str, Any] | None = None) -> None:
+    """Record a read-only access once ``session``'s transaction commits (see the module doc).
+
+    Rolled back, the record is dropped with the rest of the request, as :func:`record`'s would
+    be. The commit raises :class:`AuditUnavailable` (503) when the writer cannot take it.
+    """
+    row = _row(principal, action, target, outcome, decision, source, detail)
+    session.info.setdefault(_PENDING, []).append(row)
+
+
+@event.listens_for(Session, "after_commit")
+def _submit_pending(session: Session) -> None:
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        bind = session.get_bind()
+        writer_for(bind if isinstance(bind, Engine) else bind.engine).submit(rows)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+class AuditUnavailable(DatabaseUnavailable):
+    """The audit writer cannot take more records (its database is down): answer 503."""
+
+
+class AuditWriter:
+    """Appends queued audit records of one database in batches from a background thread.
+
+    ``submit`` queues (waiting up to ``wait`` seconds when ``capacity`` records are already
+    waiting, then raising :class:`AuditUnavailable`); the thread writes what has gathered
+    ``delay`` seconds after the oldest queued record arrived, up to ``batch`` per transaction.
+    ``flush`` writes everything queued so far before it returns; records keep the order in
+    which they were submitted, whoever writes them.
+    """
+
+    def __init__(self, engine: Engine, *, delay: float = 0.05, capacity: int = 10_000,
+                 batch: int = 1000, wait: float = 5.0) -> None:
+        self.engine = engine
+        self.delay = delay
+        self.capacity = capacity
+        self.batch = batch
+        self.wait = wait
+        self._queue: deque[tuple[float, AuditRecord]] = deque()
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._stopping = False
+        self._failures = 0
+        # SQLite: a commit by another connection between a transaction's first read and its
+        # first write makes that transaction fail ("database is locked"), so a writer thread
+        # committing at its own pace would break the requests' writes. There the records are
+        # written right after the request's commit, in the request's thread (grouped with
+        # whatever else is queued); SQLite's WAL commit does not wait for the disk.
+        self.inline = engine.dialect.name == "sqlite"
+        self._thread: threading.Thread | None = None
+        if not self.inline:
+            self._thread = threading.Thread(target=self._run, name="careplane-audit-writer",
+                                            daemon=True)
+            self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, rows: list[AuditRecord]) -> None:
+        deadline = time.monotonic() + self.wait
+        with self._cond:
+            while len(self._queue) + len(rows) > self.capacity and self._queue:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AuditUnavailable(
+                        "the audit trail cannot be written (database unavailable); "
+                        "the access was not served")
+                self._cond.wait(left)
+            now = time.monotonic()
+            self._queue.extend((now, row) for row in rows)
+            self._cond.notify_all()
+        if self.inline:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every record submitted before this call; raises if the database refuses."""
+        while True:
+            with self._write_lock:
+                if not self._queue:
+                    return
+                self._write_batch()
+
+    def close(self) -> None:
+        """Flush, then stop the thread (a later submit starts nothing: use a new writer)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()
+
+    def _write_batch(self) -> None:
+        # Caller holds _write_lock; the batch goes back to the front if the write fails.
+        with self._cond:
+            taken = [self._queue.popleft()
+                     for _ in range(min(self.batch, len(self._queue)))]
+        rows = [row for _, row in taken]
+        try:
+            with Session(bind=self.engine) as session:
+                if self.engine.dialect.name == "sqlite":
+                    # Take SQLite's write lock before reading the chain's head, so no other
+                    # writer can commit in between (that would void this snapshot).
+                    session.execute(text("UPDATE audit_record SET id = id WHERE 0"))
+                _append(session, rows)
+                session.commit()
+        except BaseException:
+            for row in rows:  # a failed insert may have left values on them
+                row.id = None  # type: ignore[assignment]
+            with self._cond:
+                self._queue.extendleft(reversed(taken))
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._cond.notify_all()  # room for submitters waiting on a full queue
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                due = self._queue[0][0] + self.delay
+                while (not self._stopping and len(self._queue) < self.batch
+                       and (left := due - time.monotonic()) > 0):
+                    self._cond.wait(left)
+            try:
+                with self._write_lock:
+                    if self._queue:
+                        self._write_batch()
+                self._failures = 0
+            except Exception as exc:  # the database is down: keep the records, retry
+                self._failures += 1
+                log.error("audit records could not be written (%d queued, attempt %d): %s",
+                          len(self._queue), self._failures, exc.__class__.__name__)
+                with self._cond:
+                    self._cond.wait(min(5.0, 0.1 * 2 ** min(self._failures, 6)))
+
+
+_writers: dict[Engine, AuditWriter] = {}
+_writers_lock = threading.Lock()
+_settings: dict[str, float] = {}
+
+
+def writer_for(engine: Engine, *, delay: float | None = None) -> AuditWriter:
+    """This process's writer for ``engine`` (started on first use; ``delay`` in seconds)."""
+    writer = _writers.get(engine)
+    if writer is not None:
+        return writer
+    with _writers_lock:
+        writer = _writers.get(engine)
+        if writer is None:
+            writer = AuditWriter(engine, delay=delay if delay is not None
+                                 else _settings.get("delay", 0.05))
+            _writers[engine] = writer
+            if not event.contains(engine, "engine_disposed", _on_dispose):
+                event.listen(engine, "engine_disposed", _on_dispose)
+        return writer
+
+
+def configure(*, delay: float) -> None:
+    """The batching delay, in seconds, of writers started from now on in this process."""
+    _settings["delay"] = delay
+
+
+def close_writer(engine: Engine) -> None:
+    """Write what ``engine``'s writer holds and stop it (shutdown)."""
+    with _writers_lock:
+        writer = _writers.pop(engine, None)
+    if writer is not None:
+        writer.close()
+
+
+def _on_dispose(engine: Engine) -> None:
+    if engine not in _writers:
+        return
+    try:
+        close_writer(engine)
+    except Exception as exc:
+        log.error("audit records could not be written before the database was closed: %s",
+                  exc.__class__.__name__)
+    engine.pool.dispose()  # the connection the last flush opened
+
+
+def flush(bind: Engine | Connection) -> None:
+    """Write the queued audit records of this process for ``bind``'s database, if any."""
+    writer = _writers.get(bind if isinstance(bind, Engine) else bind.engine)
+    if writer is not None:
+        writer.flush()
+
+
+def flush_all() -> None:
+    """Write every queued audit record of this process (reading the trail, tests, exit)."""
+    for writer in list(_writers.values()):
+        writer.flush()
+
+
+def _close_all() -> None:
+    for engine in list(_writers):
+        try:
+            close_writer(engine)
+        except Exception as exc:
+            log.error("audit records could not be written at exit: %s",
+                      exc.__class__.__name__)
+
+
+atexit.register(_close_all)
 
 
 @dataclass(frozen=True)
@@ -130,6 +416,7 @@ def verify(session: Session, *, expect: tuple[int, str] | None = None) -> Verify
     A chain alone cannot show that its newest records were cut off; ``expect`` — a head
     ``(id, hash)`` noted from an earlier run — must still be in the chain, unchanged.
     """
+    flush_all()  # reads recorded a moment ago are part of the chain being checked
     prev = GENESIS
     checked = 0
     head_id: int | None = None

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from careplane.deps import PlatformDep, SessionDep
 from careplane.security._principal import Principal, Role
 from careplane.security.actions import Action
-from careplane.security.audit import AuditRecord, verify
+from careplane.security.audit import AuditRecord, flush_all, verify
 from careplane.security.deps import PrincipalDep, authenticate_request
 from careplane.security.guard import authorize
 from careplane.security.policy import Target
@@ -131,6 +131,7 @@ def list_audit(principal: PrincipalDep, session: SessionDep,
                before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[AuditOut]:
     """Who did what to which record of this organisation, newest first (admin only)."""
+    flush_all()  # reads recorded moments ago are listed too
     authorize(session, principal, Action.search, Target("audit:record", principal.org_id),
               source="api", detail={"patient": patient, "actor": actor})
     rows = session.scalars(_query(principal.org_id, patient=patient, actor=actor, kind=kind,
@@ -159,6 +160,7 @@ def verify_chain(principal: PrincipalDep, session: SessionDep) -> VerifyOut:
 def break_glass(principal: PrincipalDep, session: SessionDep,
                 pending: bool = False) -> list[BreakGlassOut]:
     """Emergency accesses with the reasons given, and their reviews."""
+    flush_all()
     authorize(session, principal, Action.search, Target("audit:break-glass", principal.org_id),
               source="api")
     return [BreakGlassOut.of(e) for e in break_glass_entries(session, principal.org_id,
@@ -169,6 +171,7 @@ def break_glass(principal: PrincipalDep, session: SessionDep,
 def review(audit_id: Annotated[int, Path(ge=1, le=2**62)], body: ReviewIn,
            principal: PrincipalDep, session: SessionDep) -> BreakGlassOut:
     """Record the review of one emergency access (justified or not)."""
+    flush_all()
     authorize(session, principal, Action.update,
               Target("audit:break-glass", principal.org_id, id=str(audit_id)), source="api")
     try:
@@ -207,6 +210,7 @@ def audit_page(request: Request, platform: PlatformDep, principal: MaybePrincipa
     if refused is not None:
         return refused
     assert principal is not None
+    flush_all()
     with platform.session() as session:
         authorize(session, principal, Action.search, Target("audit:record", principal.org_id),
                   source="web", detail={"patient": patient, "actor": actor})
@@ -240,6 +244,7 @@ def audit_review_form(audit_id: Annotated[int, Path(ge=1, le=2**62)], request: R
     if refused is not None:
         return refused
     assert principal is not None
+    flush_all()
     with platform.session() as session:
         authorize(session, principal, Action.update,
                   Target("audit:break-glass", principal.org_id, id=str(audit_id)),

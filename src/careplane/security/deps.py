@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session
 
 from careplane.deps import PlatformDep
+from careplane.platform.context import Platform
 from careplane.security._principal import Principal, Role
 from careplane.security.access_tokens import TokenRejected, is_jwt, resolve_access_token
 from careplane.security.identity import resolve_token
@@ -71,6 +74,21 @@ def _break_glass(request: Request, principal: Principal) -> Principal:
     return dataclasses.replace(principal, break_glass_reason=reason)
 
 
+@contextmanager
+def _token_session(platform: Platform) -> Iterator[Session]:
+    """Where a token is looked up: one indexed query and, at most once a minute, the token's
+    last-use time. On PostgreSQL these run in autocommit, so authentication costs no BEGIN
+    or COMMIT round trips of its own; on SQLite those cost nothing and the usual unit of work
+    is kept."""
+    if not platform.db.is_postgresql:
+        with platform.db.session() as session:
+            yield session
+        return
+    with platform.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn, \
+            Session(bind=conn) as session:
+        yield session
+
+
 def authenticate_request(request: Request, platform: PlatformDep,
                          form_csrf: Annotated[str | None, Depends(_form_csrf)] = None
                          ) -> Principal | None:
@@ -84,7 +102,7 @@ def authenticate_request(request: Request, platform: PlatformDep,
                                 "invalid_request")
         if len(token) > 8192:
             raise _unauthorised("the bearer token is too long", "invalid_token")
-        with platform.session() as session:
+        with _token_session(platform) as session:
             if is_jwt(token):
                 try:
                     principal: Principal | None = resolve_access_token(
@@ -100,7 +118,7 @@ def authenticate_request(request: Request, platform: PlatformDep,
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
-    with platform.session() as session:
+    with _token_session(platform) as session:
         principal = resolve_token(session, cookie, kind="session")
     if principal is None:
         return None

@@ -4,6 +4,11 @@ The guard looks up the facts the policy needs for this one access — the patien
 provisions when a patient is touched, the live grants when the data belongs to another
 organisation (or a researcher reaches identifiable domains) — so the common case (own
 organisation, no patient) costs no query at all beyond the audit record.
+
+A change's audit record is written in the caller's transaction; a read-only access's (read,
+search) is queued when that transaction commits and group-committed moments later by the
+audit writer (:mod:`careplane.security.audit` states the durability window), so that reading
+a record does not cost a durable write of its own.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
 
 from careplane.security._principal import Principal, Role
-from careplane.security.audit import Outcome, record
+from careplane.security.audit import Outcome, flush, record, record_after_commit
 from careplane.security.consent import rules_for
 from careplane.security.grants import grants_for
-from careplane.security.policy import Action, Decision, Facts, Target, decide
+from careplane.security.policy import READS, Action, Decision, Facts, Target, decide
 
 __all__ = ["authorize", "facts_for"]
 
@@ -58,12 +63,16 @@ def authorize(session: Session, principal: Principal, action: Action, target: Ta
     decision = decide(principal, action, target, purpose=purpose,
                       facts=facts_for(session, principal, target))
     if not decision.allowed:
+        # Durable at once, and after the reads this process has queued, so that the chain
+        # shows what a caller read before being refused in the order it happened.
+        flush(session.get_bind())
         with Session(bind=session.get_bind()) as own:
             record(own, principal, action.value, target, outcome=Outcome.denied,
                    decision=decision, source=source,
                    detail=_detail(decision, principal, detail))
             own.commit()
         raise HTTPException(status.HTTP_403_FORBIDDEN, decision.reason)
-    record(session, principal, action.value, target, decision=decision, source=source,
+    append = record_after_commit if action in READS else record
+    append(session, principal, action.value, target, decision=decision, source=source,
            detail=_detail(decision, principal, detail))
     return decision

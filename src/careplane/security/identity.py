@@ -169,18 +169,23 @@ class TokenHolder:
     display_name: str
     is_active: bool
     roles: frozenset[Role]
+    # The Patient linked to the account in the token's organisation (role ``patient``).
+    own_patient: str | None = None
 
 
 def load_token(session: Session, condition: ColumnElement[bool]) -> TokenHolder | None:
-    """One round trip for everything authentication needs to know about a token."""
+    """One round trip for everything authentication needs to know about a token: the token,
+    its user, the user's roles in the token's organisation and their own Patient there."""
     rows = session.execute(
         select(AuthToken.id, AuthToken.kind, AuthToken.org_id, AuthToken.scopes,
                AuthToken.client_id, AuthToken.expires_at, AuthToken.revoked_at,
                AuthToken.last_used_at, User.id, User.username, User.full_name,
-               User.is_active, Membership.role)
+               User.is_active, Membership.role, UserPatient.patient_id)
         .join(User, User.id == AuthToken.user_id)
         .outerjoin(Membership, (Membership.user_id == AuthToken.user_id)
                    & (Membership.org_id == AuthToken.org_id))
+        .outerjoin(UserPatient, (UserPatient.user_id == AuthToken.user_id)
+                   & (UserPatient.org_id == AuthToken.org_id))
         .where(condition)).all()
     if not rows:
         return None
@@ -189,7 +194,8 @@ def load_token(session: Session, condition: ColumnElement[bool]) -> TokenHolder 
         token_id=first[0], kind=first[1], org_id=first[2], scopes=first[3],
         client_id=first[4], expires_at=first[5], revoked_at=first[6], last_used_at=first[7],
         user_id=first[8], username=first[9], display_name=first[10] or first[9],
-        is_active=first[11], roles=frozenset(Role(r[12]) for r in rows if r[12] is not None))
+        is_active=first[11], roles=frozenset(Role(r[12]) for r in rows if r[12] is not None),
+        own_patient=first[13])
 
 
 def touch(session: Session, holder: TokenHolder, now: datetime) -> None:
@@ -213,8 +219,7 @@ def resolve_token(session: Session, token: str, *, kind: str) -> Principal | Non
     if not holder.is_active or not holder.roles:
         return None
     touch(session, holder, now)
-    patient_id = own_patient(session, holder.user_id, holder.org_id) \
-        if Role.patient in holder.roles else None
+    patient_id = holder.own_patient if Role.patient in holder.roles else None
     return Principal(user_id=holder.user_id, username=holder.username, org_id=holder.org_id,
                      roles=holder.roles, token_id=holder.token_id,
                      scopes=frozenset(holder.scopes.split()),

@@ -13,6 +13,7 @@ import careplane.security.review
 import careplane.security.totp  # noqa: F401 - registers the security domain's tables
 from careplane.security import Role
 from careplane.security.access_routes import router as access_router
+from careplane.security.audit import configure as configure_audit
 from careplane.security.audit_routes import api as audit_api
 from careplane.security.audit_routes import pages as audit_pages
 from careplane.security.oauth import OAuthError
@@ -34,6 +35,7 @@ async def _oauth_error(request: Request, exc: Exception) -> Response:
 
 
 def mount(app: FastAPI) -> None:
+    configure_audit(delay=app.state.platform.settings.audit_delay_ms / 1000)
     app.include_router(router)
     app.include_router(oauth_router)
     app.include_router(access_router)
