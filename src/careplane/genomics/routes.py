@@ -15,10 +15,11 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from careplane.deps import PlatformDep, SessionDep
 from careplane.genomics import service
+from careplane.genomics.ranges import ranged_response
 from careplane.genomics.schemas import (
     FileOut,
     ReferenceIn,
@@ -138,18 +139,26 @@ def get_file(file_id: str, session: SessionDep, principal: PrincipalDep) -> File
 
 @router.get("/files/{file_id}/content")
 def download_file(file_id: str, session: SessionDep, platform: PlatformDep,
-                  principal: PrincipalDep) -> StreamingResponse:
+                  principal: PrincipalDep,
+                  range_header: Annotated[str | None, Header(alias="Range")] = None,
+                  if_range: Annotated[str | None, Header(alias="If-Range")] = None) -> Response:
+    """The file's bytes; ``Range`` requests get 206 partial content (one or several ranges)
+    or 416, so htslib and htsget-style clients read only the blocks they need."""
     try:
         record = service.get_file(session, file_id, org_id=principal.org_id)
     except service.NotFound as exc:
         raise _not_found(exc) from None
     authorize(session, principal, Action.read, _target("file", principal, id=record.id))
-    return StreamingResponse(
-        platform.blobs.iter_bytes(record.sha256),
+    sha256, blobs = record.sha256, platform.blobs
+
+    def read(start: int, end: int | None) -> Iterator[bytes]:
+        return blobs.iter_bytes(sha256, start, end)
+
+    return ranged_response(
+        range_header, if_range, size=record.size, etag=f'"{sha256}"', read=read,
         media_type=_MEDIA.get(record.kind, "application/octet-stream"),
-        headers={"Content-Length": str(record.size),
-                 "Content-Disposition": f'attachment; filename="{record.filename}"',
-                 "X-Checksum-Sha256": record.sha256})
+        headers={"Content-Disposition": f'attachment; filename="{record.filename}"',
+                 "X-Checksum-Sha256": sha256})
 
 
 # -- samples --------------------------------------------------------------------------------
