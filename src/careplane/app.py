@@ -16,11 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from careplane._version import __version__
 from careplane.domains import modules
-from careplane.platform.blobs import BlobStoreFull, BlobTooLarge, LocalBlobStore
+from careplane.platform.blobs import BlobStoreFull, BlobTooLarge
 from careplane.platform.context import Platform
 from careplane.platform.db import Database, DatabaseUnavailable, migrate
 from careplane.platform.events import EventHub, PollingWakeup, PostgresListenWakeup, Wakeup
 from careplane.platform.logs import request_id_var
+from careplane.security.encryption import blob_store_for
 from careplane.settings import Settings
 
 log = logging.getLogger("careplane.http")
@@ -38,6 +39,9 @@ SECURITY_HEADERS = {
 
 
 def build_platform(settings: Settings) -> Platform:
+    """The shared services. Blobs are always encrypted at rest: the key file is made on first
+    start (mode 0600) and a key file that cannot be used stops the start here."""
+    blobs = blob_store_for(settings)
     db = Database(settings.db_url)
     wakeup: Wakeup
     if db.is_postgresql:
@@ -45,7 +49,7 @@ def build_platform(settings: Settings) -> Platform:
         wakeup = PostgresListenWakeup(conninfo)
     else:
         wakeup = PollingWakeup(settings.event_poll_seconds)
-    return Platform(settings=settings, db=db, blobs=LocalBlobStore(settings.blob_dir),
+    return Platform(settings=settings, db=db, blobs=blobs,
                     events=EventHub(db, wakeup))
 
 

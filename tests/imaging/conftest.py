@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from careplane.imaging.sample_data import pydicom_data_dir
-from careplane.platform.blobs import LocalBlobStore
+from careplane.platform.blobs import BlobStore
+from careplane.security.encryption import encrypted_blob_store
 
 PYDICOM_DATA = pydicom_data_dir()
 
@@ -73,8 +74,9 @@ def make_instance(*, patient_id: str = "P1", patient_name: str = "Doe^Jane",
 
 
 @pytest.fixture
-def blobs(tmp_path: Path) -> LocalBlobStore:
-    return LocalBlobStore(tmp_path / "blobs")
+def blobs(tmp_path: Path) -> BlobStore:
+    """The store as every deployment has it: encrypted at rest."""
+    return encrypted_blob_store(tmp_path / "blobs", tmp_path / "keys" / "blob.keys")
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from careplane.genomics import service
 from careplane.genomics.models import GenomicsSample
 from careplane.genomics.simulate import simulate_dataset
-from careplane.platform.blobs import LocalBlobStore
 from careplane.platform.db import Database
+from careplane.security.encryption import blob_store_for
 from careplane.security.models import Organisation
 from careplane.settings import Settings
 
@@ -34,7 +34,7 @@ def _file_chunks(path: Path) -> list[bytes]:
 
 
 def seed_genomics(settings: Settings, db: Database) -> None:
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store_for(settings)
     with db.session() as session:
         org = session.scalars(select(Organisation).where(Organisation.slug == DEMO_ORG)).first()
         if org is None:

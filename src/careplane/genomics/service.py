@@ -9,8 +9,10 @@ and the callers stay thin. Nothing here decides access: callers ask ``security.g
 from __future__ import annotations
 
 import os
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ __all__ = [
     "OffsetMismatch",
     "RunView",
     "append",
-    "blob_path",
+    "blob_file",
     "cancel_run",
     "create_reference",
     "create_sample",
@@ -54,6 +56,7 @@ __all__ = [
     "list_references",
     "list_runs",
     "list_samples",
+    "plain_copy",
     "run_view",
     "store_upload",
     "submit_run",
@@ -167,13 +170,51 @@ def list_files(session: Session, *, org_id: str, sample_id: str | None = None,
                                           GenomicsFile.id).limit(limit)).all()
 
 
-def blob_path(blobs: BlobStore, sha256: str) -> Path:
-    """A local path to a blob's bytes (the local store's own file: never copied)."""
+@contextmanager
+def blob_file(blobs: BlobStore, sha256: str, directory: Path | None = None) -> Iterator[Path]:
+    """A plaintext file of a blob for tools that need a path (validators, aligners, samtools).
+
+    From the encrypted store: a decrypted copy (mode 0600) in ``directory`` (default: the
+    store's scratch directory), removed when the block ends, also on an error. From a plain
+    local store: its own file.
+    """
+    local_copy = getattr(blobs, "local_copy", None)
+    if local_copy is not None:
+        with local_copy(sha256, directory) as copy:
+            yield Path(copy)
+        return
     path = getattr(blobs, "path", None)
     if path is None:
         raise GenomicsError("the pipeline needs a blob store with local files")
-    result: Path = path(sha256)
-    return result
+    yield Path(path(sha256))
+
+
+def plain_copy(blobs: BlobStore, sha256: str, target: Path) -> Path:
+    """Keep a plaintext copy of a blob at ``target`` (made once, never rewritten in place).
+
+    For a reference genome: its indexes (``.fai``, ``.mmi``) hold the sequence anyway and are
+    reused by every run, so the FASTA they were built from stays beside them. A copy of the
+    wrong size (cut short by a crash) is made again.
+    """
+    size = blobs.size(sha256)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".copy-")
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            for piece in blobs.iter_bytes(sha256):
+                out.write(piece)
+            out.flush()
+            os.fsync(out.fileno())
+        target.unlink(missing_ok=True)
+        with suppress(FileExistsError):  # never replaces a copy another run has just made
+            os.link(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 # -- samples and references ---------------------------------------------------------------
@@ -220,7 +261,8 @@ def create_reference(session: Session, blobs: BlobStore, *, org_id: str, name: s
                                                          GenomicsReference.name == name)):
         raise GenomicsError(f"a reference named {name!r} already exists")
     try:
-        contigs = validate_fasta(blob_path(blobs, record.sha256), record.filename)
+        with blob_file(blobs, record.sha256) as fasta:
+            contigs = validate_fasta(fasta, record.filename)
     except ReferenceError as exc:
         raise GenomicsError(str(exc)) from exc
     reference = GenomicsReference(org_id=org_id, name=name, description=description,

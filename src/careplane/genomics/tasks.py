@@ -12,6 +12,7 @@ does, from its settings (``CAREPLANE_*``).
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from careplane.genomics import service
     from careplane.genomics.models import GenomicsFile, GenomicsReference, GenomicsSample
     from careplane.genomics.variants import VariantStore
-    from careplane.platform.blobs import LocalBlobStore
     from careplane.platform.db import Database
+    from careplane.security.encryption import blob_store_for
     from careplane.settings import load_settings
 
     # The worker's own configuration (CAREPLANE_*), anchored to the submitting server's data
@@ -66,39 +67,45 @@ def run(ctx: JobContext) -> dict[str, Any]:
     data_dir = ctx.args.get("data_dir")
     settings = load_settings(data_dir=data_dir) if data_dir else load_settings()
     db = Database(settings.db_url)
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store_for(settings)
     run_id = ctx.args["run_id"]
     work_dir = settings.data_dir / "genomics" / "work" / run_id
+    # Blobs are encrypted at rest; the tools read plaintext files. The reads get decrypted
+    # copies inside the work directory, removed when the run ends (or fails); the reference
+    # is kept once beside its indexes, which hold its sequence anyway.
+    inputs_dir = work_dir / "inputs"
     try:
-        with db.session() as session:
-            run_row = session.get(service.GenomicsRun, run_id)
-            if run_row is None:
-                raise JobFailed(f"genomics run {run_id} no longer exists")
-            sample = session.get(GenomicsSample, run_row.sample_id)
-            reference = session.get(GenomicsReference, run_row.reference_id)
-            inputs = [session.get(GenomicsFile, fid) for fid in run_row.inputs]
-            if sample is None or reference is None or any(f is None for f in inputs):
-                raise JobFailed(f"genomics run {run_id}: its sample, reference or input files "
-                                "were deleted")
-            ref_file = session.get(GenomicsFile, reference.file_id)
-            assert ref_file is not None
-            fastq = [(str(service.blob_path(blobs, f.sha256)), f.filename)
-                     for f in inputs if f is not None]
-            spec = PipelineSpec(
-                sample=sample.name, fastq1=fastq[0][0], fastq2=fastq[1][0],
-                reference=str(service.blob_path(blobs, reference.sha256)),
-                index_dir=str(settings.data_dir / "genomics" / "references" / reference.sha256),
-                work_dir=str(work_dir), threads=run_row.threads, aligner=run_row.aligner,
-                **{k: v for k, v in run_row.params.items()
-                   if k in ("chunk_pairs", "min_qual", "min_mapped_fraction")},
-                names={fastq[0][0]: fastq[0][1], fastq[1][0]: fastq[1][1],
-                       str(service.blob_path(blobs, reference.sha256)):
-                       f"{reference.name} ({ref_file.filename})"})
-        try:
-            outputs = run_pipeline(spec, ctx)
-        except InputError as exc:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise JobFailed(str(exc)) from exc
+        with ExitStack() as copies:
+            with db.session() as session:
+                run_row = session.get(service.GenomicsRun, run_id)
+                if run_row is None:
+                    raise JobFailed(f"genomics run {run_id} no longer exists")
+                sample = session.get(GenomicsSample, run_row.sample_id)
+                reference = session.get(GenomicsReference, run_row.reference_id)
+                inputs = [session.get(GenomicsFile, fid) for fid in run_row.inputs]
+                if sample is None or reference is None or any(f is None for f in inputs):
+                    raise JobFailed(f"genomics run {run_id}: its sample, reference or input "
+                                    "files were deleted")
+                ref_file = session.get(GenomicsFile, reference.file_id)
+                assert ref_file is not None
+                index_dir = settings.data_dir / "genomics" / "references" / reference.sha256
+                fasta = str(service.plain_copy(blobs, reference.sha256, index_dir / "source"))
+                fastq = [(str(copies.enter_context(service.blob_file(blobs, f.sha256,
+                                                                     inputs_dir))), f.filename)
+                         for f in inputs if f is not None]
+                spec = PipelineSpec(
+                    sample=sample.name, fastq1=fastq[0][0], fastq2=fastq[1][0],
+                    reference=fasta, index_dir=str(index_dir),
+                    work_dir=str(work_dir), threads=run_row.threads, aligner=run_row.aligner,
+                    **{k: v for k, v in run_row.params.items()
+                       if k in ("chunk_pairs", "min_qual", "min_mapped_fraction")},
+                    names={fastq[0][0]: fastq[0][1], fastq[1][0]: fastq[1][1],
+                           fasta: f"{reference.name} ({ref_file.filename})"})
+            try:
+                outputs = run_pipeline(spec, ctx)
+            except InputError as exc:
+                shutil.rmtree(work_dir, ignore_errors=True)
+                raise JobFailed(str(exc)) from exc
         ctx.check()
         with db.session() as session:
             run_row = session.get(service.GenomicsRun, run_id)

@@ -23,8 +23,8 @@ from careplane.imaging.models import DicomInstance
 from careplane.imaging.peers import add_remote_ae
 from careplane.imaging.sample_data import SampleDataMissing, chest_cr, mammogram_files
 from careplane.imaging.store import StoreFailure, store_instance
-from careplane.platform.blobs import LocalBlobStore
 from careplane.platform.db import Database
+from careplane.security.encryption import blob_store_for
 from careplane.security.models import Organisation
 from careplane.settings import Settings
 
@@ -76,7 +76,7 @@ def demo_files() -> list[tuple[str, bytes]]:
 
 def seed_imaging(settings: Settings, db: Database) -> None:
     """Load the demo images into the demo hospital; a second run changes nothing."""
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store_for(settings)
     with db.session() as session:
         org = session.scalars(select(Organisation).where(Organisation.slug == DEMO_ORG)).first()
         if org is None:

@@ -123,12 +123,15 @@ def keys_rotate_blob(data_dir: DataDirOption = None) -> None:
     """Start a new blob key-encryption key; running servers pick it up for new blobs."""
     from pathlib import Path
 
-    from careplane.cli import emit, settings_from
-    from careplane.security.encryption import LocalKeyProvider, blob_key_file
+    from careplane.cli import emit, fail, settings_from
+    from careplane.security.encryption import KeyProviderError, LocalKeyProvider, blob_key_file
 
     settings = settings_from(Path(data_dir) if data_dir else None)
     provider = LocalKeyProvider(blob_key_file(settings.data_dir))
-    emit({"blob_key": provider.rotate(), "keys": provider.kids()})
+    try:
+        emit({"blob_key": provider.rotate(), "keys": provider.kids()})
+    except KeyProviderError as exc:
+        fail(str(exc))
 
 
 @keys_app.command("rewrap-blobs")
@@ -141,11 +144,14 @@ def keys_rewrap_blobs(
     safe while the server runs."""
     from pathlib import Path
 
-    from careplane.cli import emit, settings_from
-    from careplane.security.encryption import LocalKeyProvider, blob_store_for
+    from careplane.cli import emit, fail, settings_from
+    from careplane.security.encryption import KeyProviderError, LocalKeyProvider, blob_store_for
 
     settings = settings_from(Path(data_dir) if data_dir else None)
-    store = blob_store_for(settings)
+    try:
+        store = blob_store_for(settings)
+    except KeyProviderError as exc:
+        fail(str(exc))
     changed = total = 0
     for sha in store.all_blobs():
         total += 1

@@ -36,11 +36,12 @@ import secrets
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -53,7 +54,7 @@ from careplane.platform.blobs import (
     BlobTooLarge,
     LocalBlobStore,
 )
-from careplane.settings import Settings
+from careplane.settings import Settings, SettingsError
 
 __all__ = ["ENC_MAGIC", "BlobIntegrityError", "EncryptedBlobStore", "KeyProvider",
            "KeyProviderError", "LocalKeyProvider", "blob_key_file", "blob_store_for",
@@ -67,8 +68,9 @@ HEADER_LEN = _HEADER.size
 _TAG = 16
 
 
-class KeyProviderError(RuntimeError):
-    """A key-encryption key is missing or the key file is unusable."""
+class KeyProviderError(SettingsError):
+    """A key-encryption key is missing or the key file is unusable (a server refuses to start
+    rather than write blobs it could not read back)."""
 
 
 class BlobIntegrityError(BlobNotFound):
@@ -109,6 +111,11 @@ class LocalKeyProvider:
         if mtime is None:
             self._write(*self._new(), keys={})
             return
+        mode = self.path.stat().st_mode
+        if mode & 0o077:
+            raise KeyProviderError(
+                f"the blob key file {self.path} can be read by other users (mode "
+                f"{mode & 0o777:o}); make it private with `chmod 600 {self.path}`")
         try:
             data = json.loads(self.path.read_text())
             keys = {kid: base64.b64decode(entry["key"]) for kid, entry in data["keys"].items()}
@@ -129,7 +136,8 @@ class LocalKeyProvider:
         keys = {**keys, kid: key}
         body = json.dumps({"version": 1, "current": kid, "keys": {
             k: {"key": base64.b64encode(v).decode()} for k, v in keys.items()}}, indent=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keys-")
         try:
             os.fchmod(fd, 0o600)
@@ -215,11 +223,17 @@ class _Header:
         return cls(kid[:kid_len].decode(errors="replace"), nonce, wrapped, prefix, size)
 
 
-class _DecryptingRaw(io.RawIOBase):
-    """A seekable read-only view of an encrypted blob's plaintext."""
+class _DecryptedFile(io.BufferedIOBase):
+    """A seekable read-only view of an encrypted blob's plaintext.
+
+    Reads are whole (``read(n)`` returns ``n`` bytes unless the blob ends first), as readers
+    of real files such as pydicom expect. Deliberately not an :class:`io.BufferedReader`:
+    those are taken for files on disk and re-opened by name, which would read ciphertext.
+    """
 
     def __init__(self, store: EncryptedBlobStore, fh: BinaryIO, header: _Header, dek: bytes,
                  size: int) -> None:
+        super().__init__()
         self._store, self._fh, self._header = store, fh, header
         self._aead = AESGCM(dek)
         self._size = size
@@ -236,6 +250,8 @@ class _DecryptingRaw(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"invalid whence {whence}")
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         if base + offset < 0:
             raise ValueError("negative seek position")
@@ -249,30 +265,56 @@ class _DecryptingRaw(io.RawIOBase):
         self._cache = (index, plain)
         return plain
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        if self._pos >= self._size:
-            return 0
-        size = self._header.chunk_size
-        index, offset = divmod(self._pos, size)
-        data = self._chunk(index)[offset:offset + len(buffer)]
-        buffer[:len(data)] = data
+    def read1(self, size: int | None = -1) -> bytes:
+        """At most ``size`` bytes, from one chunk."""
+        if self.closed:
+            raise ValueError("read of a closed blob")
+        if self._pos >= self._size or size == 0:
+            return b""
+        index, offset = divmod(self._pos, self._header.chunk_size)
+        chunk = self._chunk(index)
+        stop = len(chunk) if size is None or size < 0 else offset + size
+        data = chunk[offset:stop]
         self._pos += len(data)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = max(0, self._size - self._pos) if size is None or size < 0 else size
+        pieces: list[bytes] = []
+        got = 0
+        while got < wanted:
+            piece = self.read1(wanted - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
             self._fh.close()
+            self._cache = None
         super().close()
 
 
 class EncryptedBlobStore:
-    """The :class:`BlobStore` protocol over a :class:`LocalBlobStore`'s directory, encrypted."""
+    """The :class:`BlobStore` protocol over a :class:`LocalBlobStore`'s directory, encrypted.
+
+    ``scratch`` is where :meth:`local_copy` puts decrypted copies for tools that need a file
+    path (by default a ``scratch`` directory beside the blob directory, never inside it).
+    """
 
     def __init__(self, inner: LocalBlobStore, keys: KeyProvider, *,
-                 chunk_size: int = CHUNK) -> None:
+                 chunk_size: int = CHUNK, scratch: Path | None = None) -> None:
         self.inner = inner
         self.keys = keys
         self.chunk_size = chunk_size
+        self.scratch = scratch if scratch is not None else inner.root.parent / "scratch"
         self._tmp = inner.root / "tmp"
 
     # -- writing --------------------------------------------------------------------------
@@ -426,8 +468,7 @@ class EncryptedBlobStore:
         except BaseException:
             fh.close()
             raise
-        return io.BufferedReader(_DecryptingRaw(self, fh, header, dek, size),
-                                 buffer_size=header.chunk_size)
+        return cast(BinaryIO, _DecryptedFile(self, fh, header, dek, size))
 
     def iter_bytes(self, sha256: str, start: int = 0, end: int | None = None
                    ) -> Iterator[bytes]:
@@ -502,11 +543,13 @@ class EncryptedBlobStore:
         return True
 
     @contextmanager
-    def local_copy(self, sha256: str, directory: Path) -> Iterator[Path]:
-        """A decrypted copy in ``directory`` for tools that need a file path (aligners,
-        samtools); removed when the block ends. Keep ``directory`` on the same protected
-        volume as the data directory."""
-        directory.mkdir(parents=True, exist_ok=True)
+    def local_copy(self, sha256: str, directory: Path | None = None) -> Iterator[Path]:
+        """A decrypted copy in ``directory`` (default: the store's scratch directory) for
+        tools that need a file path (aligners, samtools); removed when the block ends, also
+        on an error. Keep ``directory`` on the same protected volume as the data directory."""
+        directory = self.scratch if directory is None else directory
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=directory, prefix=f".{sha256[:12]}-")
         path = Path(name)
         try:
@@ -518,15 +561,42 @@ class EncryptedBlobStore:
         finally:
             path.unlink(missing_ok=True)
 
+    def sweep_scratch(self, older_than: float = 24 * 3600.0) -> int:
+        """Remove decrypted copies a crashed process left in the scratch directory.
+
+        Only copies older than ``older_than`` seconds go: a copy in use by another process
+        (a worker's tool) is younger than that. Returns how many were removed.
+        """
+        if not self.scratch.is_dir():
+            return 0
+        limit = time.time() - older_than
+        removed = 0
+        for leftover in self.scratch.glob(".*-*"):
+            with suppress(OSError):
+                if leftover.is_file() and leftover.stat().st_mtime < limit:
+                    leftover.unlink()
+                    removed += 1
+        return removed
+
     def all_blobs(self) -> Iterator[str]:
         for path in self.inner.root.glob("??/??/*"):
             if len(path.name) == 64 and path.is_file():
                 yield path.name
 
 
-def encrypted_blob_store(root: Path, key_file: Path) -> EncryptedBlobStore:
-    """The encrypted store for a data directory: blobs under ``root``, KEKs in ``key_file``."""
-    return EncryptedBlobStore(LocalBlobStore(root), LocalKeyProvider(key_file))
+def encrypted_blob_store(root: Path, key_file: Path, *, scratch: Path | None = None
+                         ) -> EncryptedBlobStore:
+    """The encrypted store for a data directory: blobs under ``root``, KEKs in ``key_file``.
+
+    The key file is read (or made, mode 0600, on first start) at once: a missing key, a file
+    others can read or one that does not parse stops the process here with
+    :class:`KeyProviderError`, before any blob is written.
+    """
+    provider = LocalKeyProvider(key_file)
+    provider.current()
+    store = EncryptedBlobStore(LocalBlobStore(root), provider, scratch=scratch)
+    store.sweep_scratch()
+    return store
 
 
 def blob_key_file(data_dir: Path) -> Path:
@@ -535,5 +605,8 @@ def blob_key_file(data_dir: Path) -> Path:
 
 
 def blob_store_for(settings: Settings) -> EncryptedBlobStore:
-    """The blob store every process of a deployment must use once encryption is on."""
-    return encrypted_blob_store(settings.blob_dir, blob_key_file(settings.data_dir))
+    """The blob store of a deployment: every process (server, workers, CLI, demo) uses this
+    one, so every blob is encrypted at rest. Decrypted working copies go to
+    ``<data dir>/scratch``."""
+    return encrypted_blob_store(settings.blob_dir, blob_key_file(settings.data_dir),
+                                scratch=settings.data_dir / "scratch")
