@@ -332,3 +332,47 @@ def test_a_body_cut_short_leaves_no_file_behind(client: TestClient, radiologist:
     blob_dir = settings.blob_dir
     leftovers = [p for p in blob_dir.rglob("*") if p.is_file()] if blob_dir.exists() else []
     assert leftovers == []
+
+
+def _blob_files(settings: Any) -> set[str]:
+    root = settings.blob_dir
+    return {p.name for p in root.rglob("*") if p.is_file() and ".part" not in p.name} \
+        if root.exists() else set()
+
+
+def test_refused_parts_leave_no_file_behind(client: TestClient, radiologist: Account,
+                                            settings: Any, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """Each part is written to the blob store while it arrives; the refused ones are removed."""
+    from careplane.imaging.config import imaging_settings
+
+    study = generate_uid()
+    kept = make_instance(study_uid=study)
+    first = _stow(client, radiologist, [kept])
+    assert first.status_code == 200
+    files = _blob_files(settings)
+    assert len(files) == 1
+    monkeypatch.setenv("CAREPLANE_DICOM_DUPLICATE_POLICY", "reject")
+    imaging_settings.cache_clear()
+    try:
+        again = pydicom.dcmread(io.BytesIO(kept))
+        again.PatientComments = "a different copy of the same instance"
+        changed = io.BytesIO()
+        again.save_as(changed, enforce_file_format=True)
+        response = _stow(client, radiologist, [
+            b"this is not DICOM" * 10,                      # not DICOM: refused on reading
+            data_file("RG1_UNCR.dcm")[:100000],             # truncated
+            make_instance(study_uid=generate_uid()),        # another study than addressed
+            changed.getvalue(),                             # a duplicate, refused by policy
+            kept,                                           # the very same bytes, refused
+            make_instance(study_uid=study),                 # stored
+        ], path=f"/dicomweb/studies/{study}")
+    finally:
+        imaging_settings.cache_clear()
+    assert response.status_code == 202, response.text
+    assert len(response.json()["00081198"]["Value"]) == 5
+    after = _blob_files(settings)
+    assert files < after and len(after) == 2  # the old file stays, one new file is added
+    stored = client.get(f"/dicomweb/studies/{study}/instances",
+                        headers=radiologist.headers).json()
+    assert len(stored) == 2

@@ -35,7 +35,13 @@ from careplane.imaging.part10 import FailureReason
 from careplane.imaging.qido import QidoRequest, parse_qido, render_rows_text
 from careplane.imaging.query import QueryError, build_select
 from careplane.imaging.render import RenderError, Window, render_frame
-from careplane.imaging.store import BlobTee, StoredInstance, StoreFailure, store_instance
+from careplane.imaging.store import (
+    BlobTee,
+    StoredInstance,
+    StoreFailure,
+    discard_unreferenced,
+    store_instance,
+)
 from careplane.imaging.wado import (
     InstanceRef,
     NotAcceptable,
@@ -164,11 +170,12 @@ async def _stow(request: Request, platform: Platform, principal: Any,
     media, params = media_params(request.headers.get("content-type", ""))
     limit = platform.settings.max_upload_bytes
     results: list[StoredInstance | StoreFailure] = []
+    unused: list[str] = []  # files written for instances that were not kept
     session: Session = platform.db.sessions()
 
     def store(body: Any, written: BlobRef | None = None) -> StoredInstance | StoreFailure:
         return store_instance(session, platform.blobs, principal, body, origin="stow-rs",
-                              study_instance_uid=study_uid, written=written)
+                              study_instance_uid=study_uid, written=written, unused=unused)
 
     def store_written(tee: BlobTee) -> StoredInstance | StoreFailure:
         # The part went to the blob store while it arrived: check and index it from memory
@@ -176,7 +183,8 @@ async def _stow(request: Request, platform: Platform, principal: Any,
         kept = tee.close()
         if kept is not None:
             return store_instance(session, platform.blobs, principal, kept, origin="stow-rs",
-                                  study_instance_uid=study_uid, written=tee.writing)
+                                  study_instance_uid=study_uid, written=tee.writing,
+                                  unused=unused)
         written = tee.finish()
         if written is None:
             return StoreFailure(FailureReason.out_of_resources,
@@ -235,6 +243,8 @@ async def _stow(request: Request, platform: Platform, principal: Any,
         raise
     finally:
         await run_in_threadpool(session.close)
+        if unused:
+            await run_in_threadpool(discard_unreferenced, platform.db, platform.blobs, unused)
     platform.events.poke()
     return _stow_response(_base(request), study_uid, results)
 

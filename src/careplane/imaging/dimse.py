@@ -36,7 +36,7 @@ from careplane.imaging.part10 import SUPPORTED_TRANSFER_SYNTAXES
 from careplane.imaging.peers import Peer, add_remote_ae, peers
 from careplane.imaging.qido import QidoRequest, render_rows
 from careplane.imaging.query import Criteria, QueryError, build_select, matchable
-from careplane.imaging.store import StoredInstance, store_instance
+from careplane.imaging.store import StoredInstance, discard_unreferenced, store_instance
 from careplane.platform.blobs import BlobStore
 from careplane.platform.db import Database
 from careplane.security.audit import record as audit_record
@@ -127,14 +127,18 @@ class DimseServer:
         peer = self._peer(event)
         if peer is None:
             return 0x0124  # refused: not authorised
+        unused: list[str] = []
         try:
             data = event.encoded_dataset(include_meta=True)
             with self.db.session() as session:
                 result = store_instance(session, self.blobs, peer.org_id, data,
-                                        origin=f"dimse:{peer.ae_title}")
+                                        origin=f"dimse:{peer.ae_title}", unused=unused)
         except Exception:  # the sender gets a status, never a dropped association
             log.exception("C-STORE from %s failed", peer.ae_title)
             return 0x0110
+        finally:
+            if unused:
+                discard_unreferenced(self.db, self.blobs, unused)
         if isinstance(result, StoredInstance):
             return 0x0000
         log.info("C-STORE from %s refused: %s", peer.ae_title, result.message)

@@ -74,6 +74,8 @@ class DicomStudy(Base):
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     modalities: Mapped[str] = mapped_column(String(200), default="")  # backslash-separated
+    # the research project a de-identified copy was made for; None: the clinical original
+    research_project: Mapped[str | None] = mapped_column(String(64), index=True)
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
     fhir_imaging_study_id: Mapped[str | None] = mapped_column(String(64))

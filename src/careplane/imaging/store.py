@@ -14,7 +14,7 @@ import io
 import logging
 import queue
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -29,7 +29,7 @@ from careplane.imaging.dicomjson import dataset_to_json
 from careplane.imaging.models import DicomInstance, DicomPatient, DicomSeries, DicomStudy
 from careplane.imaging.part10 import FailureReason, InvalidInstance, read_instance
 from careplane.platform.blobs import BlobRef, BlobStore, BlobStoreFull, BlobTooLarge
-from careplane.platform.db import utcnow
+from careplane.platform.db import Database, utcnow
 from careplane.platform.events import publish
 from careplane.security import Principal
 from careplane.security.audit import record as audit_record
@@ -289,7 +289,8 @@ def _detach(session: Session, instance: DicomInstance) -> None:
 
 
 def _index(session: Session, org_id: str, uids: tuple[str, str, str, str, str],
-           values: IndexValues, instance_values: dict[str, Any], policy: DuplicatePolicy
+           values: IndexValues, instance_values: dict[str, Any], policy: DuplicatePolicy,
+           research_project: str | None = None
            ) -> tuple[DicomInstance, DicomStudy, DicomSeries, str] | StoreFailure:
     sop_class, sop_uid, study_uid, series_uid, _syntax = uids
     existing = session.scalars(select(DicomInstance).where(
@@ -316,7 +317,13 @@ def _index(session: Session, org_id: str, uids: tuple[str, str, str, str, str],
          if k not in ("patient_id", "issuer_of_patient_id")})
     study, new_study = _get_or_create(
         session, DicomStudy, {"org_id": org_id, "study_instance_uid": study_uid},
-        {"patient_pk": patient.id, **values.study})
+        {"patient_pk": patient.id, **values.study, "research_project": research_project})
+    if study.research_project != research_project:
+        return StoreFailure(FailureReason.cannot_understand,
+                            f"Study {study_uid} is already stored "
+                            + ("as a clinical study" if study.research_project is None else
+                               f"for research project {study.research_project}"),
+                            sop_class, sop_uid, study_uid)
     if new_study:
         _bump(session, DicomPatient, patient.id, num_studies=1)
     else:
@@ -347,7 +354,8 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
                    source: BinaryIO | bytes | bytearray | memoryview, *,
                    policy: DuplicatePolicy | None = None, origin: str = "",
                    study_instance_uid: str | None = None,
-                   written: BlobRef | Future[BlobRef] | None = None
+                   written: BlobRef | Future[BlobRef] | None = None,
+                   unused: list[str] | None = None, research_project: str | None = None
                    ) -> StoredInstance | StoreFailure:
     """Store one DICOM instance for ``who`` (a caller, or an organisation id).
 
@@ -356,25 +364,38 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
     (``stow-rs``, ``dimse:MODALITY1``, ``demo``) in the index and the audit trail.
     ``written``: the same bytes, put in the blob store while they arrived (or being put
     there), used as the stored file when the bytes are a Part-10 file as they are.
+    ``unused``: receives the blob names written for this instance but not kept (a refused
+    instance, a duplicate kept out); once the transaction has ended the caller passes them to
+    :func:`discard_unreferenced`. ``research_project``: the instance is a de-identified copy
+    made for that project (a new study is marked with it).
     Raises only for a refused authorisation (HTTP 403); every problem with the instance
     itself comes back as a :class:`StoreFailure`.
     """
+    def refuse(failure: StoreFailure, blob: BlobRef | Future[BlobRef] | None) -> StoreFailure:
+        name = _written_name(blob)
+        if name is not None and unused is not None:
+            unused.append(name)
+        return failure
+
     org_id = who.org_id if isinstance(who, Principal) else who
     policy = policy or imaging_settings().duplicate_policy
     data = _spooled(source)
     try:
         received = read_instance(data)
     except InvalidInstance as exc:
-        return StoreFailure(exc.reason, str(exc), exc.sop_class_uid, exc.sop_instance_uid)
+        return refuse(StoreFailure(exc.reason, str(exc), exc.sop_class_uid,
+                                   exc.sop_instance_uid), written)
     ids = (received.sop_class_uid, received.sop_instance_uid, received.study_instance_uid)
     if study_instance_uid is not None and received.study_instance_uid != study_instance_uid:
-        return StoreFailure(FailureReason.dataset_does_not_match_sop_class,
-                            f"the instance belongs to study {received.study_instance_uid}, "
-                            f"not to the study {study_instance_uid} the request addressed", *ids)
+        return refuse(StoreFailure(
+            FailureReason.dataset_does_not_match_sop_class,
+            f"the instance belongs to study {received.study_instance_uid}, "
+            f"not to the study {study_instance_uid} the request addressed", *ids), written)
     limit = imaging_settings().max_instance_bytes
     if received.size > limit:
-        return StoreFailure(FailureReason.out_of_resources,
-                            f"the instance has {received.size} bytes; the limit is {limit}", *ids)
+        return refuse(StoreFailure(
+            FailureReason.out_of_resources,
+            f"the instance has {received.size} bytes; the limit is {limit}", *ids), written)
     _admit(session, who, org_id, received.study_instance_uid, origin)
     # The file goes to the blob store while the header is indexed: writing megabytes is
     # mostly waiting for the kernel, which the indexing work can use.
@@ -398,7 +419,8 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
                            "source": origin[:100]}
         uids = (*ids, received.series_instance_uid, received.transfer_syntax_uid)
         with session.begin_nested():
-            result = _index(session, org_id, uids, values, instance_values, policy)
+            result = _index(session, org_id, uids, values, instance_values, policy,
+                            research_project)
             if isinstance(result, StoreFailure):
                 raise _Refused(result)
             try:
@@ -413,15 +435,17 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
             if result[3] != "kept-existing":
                 instance.blob_sha256, instance.size = blob.sha256, blob.size
                 session.flush()
+            elif blob.sha256 != instance.blob_sha256 and unused is not None:
+                unused.append(blob.sha256)  # the copy already stored is the one kept
     except _Refused as refused:
-        return refused.failure
+        return refuse(refused.failure, writing)
     except (BlobStoreFull, BlobTooLarge) as exc:
         return StoreFailure(FailureReason.out_of_resources, str(exc), *ids)
     except IntegrityError as exc:
         log.warning("instance %s not indexed: %s", received.sop_instance_uid, exc.orig)
-        return StoreFailure(FailureReason.processing_failure,
-                            "the instance conflicts with one stored at the same moment; "
-                            "send it again", *ids)
+        return refuse(StoreFailure(FailureReason.processing_failure,
+                                   "the instance conflicts with one stored at the same moment; "
+                                   "send it again", *ids), writing)
     finally:
         if not writing.done():
             wait([writing])
@@ -444,6 +468,34 @@ def store_instance(session: Session, blobs: BlobStore, who: Principal | str,
                           transfer_syntax_uid=instance.transfer_syntax_uid,
                           blob_sha256=instance.blob_sha256, size=instance.size,
                           outcome=outcome)
+
+
+def _written_name(blob: BlobRef | Future[BlobRef] | None) -> str | None:
+    """The name of a blob written for an instance, once its writing has ended (None: none)."""
+    if isinstance(blob, Future):
+        try:
+            blob = blob.result()
+        except Exception:  # the store kept nothing of a failed write
+            return None
+    return blob.sha256 if blob is not None else None
+
+
+def discard_unreferenced(db: Database, blobs: BlobStore, names: Iterable[str]) -> int:
+    """Delete the blobs among ``names`` that no stored instance refers to; how many were.
+
+    Called after the transaction that refused the instances has ended, so a copy of the
+    same bytes stored in it, or stored earlier by anyone, keeps its file.
+    """
+    wanted = sorted(set(names))
+    if not wanted:
+        return 0
+    with db.session() as session:
+        kept = set(session.scalars(select(DicomInstance.blob_sha256).where(
+            DicomInstance.blob_sha256.in_(wanted))))
+    gone = [name for name in wanted if name not in kept]
+    for name in gone:
+        blobs.delete(name)
+    return len(gone)
 
 
 class _Refused(Exception):
