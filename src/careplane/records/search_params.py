@@ -27,7 +27,9 @@ __all__ = [
     "PREFIXES",
     "CompositeValue",
     "Criterion",
+    "FilterExpr",
     "Include",
+    "NearValue",
     "NumberValue",
     "QuantityValue",
     "ReferenceValue",
@@ -35,6 +37,7 @@ __all__ = [
     "SortKey",
     "TokenValue",
     "ValueSetCodes",
+    "parse_one",
     "parse_search",
     "split_values",
     "unescape",
@@ -109,6 +112,15 @@ class CompositeValue:
 
 
 @dataclass(frozen=True, slots=True)
+class NearValue:
+    """``near=lat|long|distance|units`` on Location, the distance in kilometres."""
+
+    latitude: float
+    longitude: float
+    km: float
+
+
+@dataclass(frozen=True, slots=True)
 class ValueSetCodes:
     """A ValueSet named by ``:in``/``:not-in``, expanded: explicit ``(system, code)`` pairs
     (system None: any), whole ``systems`` it includes, and codes ``excluded`` from those."""
@@ -119,7 +131,7 @@ class ValueSetCodes:
     excluded: tuple[tuple[str, str], ...] = ()
 
 
-Value = str | ValueSetCodes | TokenValue | NumberValue | QuantityValue | DateValue | \
+Value = str | ValueSetCodes | NearValue | TokenValue | NumberValue | QuantityValue | DateValue | \
     ReferenceValue | CompositeValue
 
 
@@ -142,6 +154,16 @@ class Criterion:
     missing: bool | None = None
     chains: tuple[tuple[str, Criterion], ...] = ()
     has: tuple[str, str] | None = None
+    filter: FilterExpr | None = None
+
+
+@dataclass(frozen=True)
+class FilterExpr:
+    """A ``_filter`` expression's logic: ``and``/``or`` of its parts, or ``not`` of one; a
+    part is a further expression or a Criterion (one ``param op value`` test)."""
+
+    op: Literal["and", "or", "not"]
+    parts: tuple[Criterion | FilterExpr, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +338,8 @@ def _lookup(resource_type: str, code: str) -> SearchParam:
             p.code for p, _ in composite_params(resource_type)}:
         raise _Refusal(f"{resource_type}.{code} is a composite of parts this server does "
                        "not index together")
+    if param.expression is None and code not in ("_id", "_lastUpdated"):
+        raise _Refusal(f"{resource_type}.{code} is not supported by this server")
     if param.type not in INDEXED_TYPES and code not in ("_id", "_lastUpdated"):
         raise _Refusal(f"{resource_type}.{code} is a {param.type} parameter, which this "
                        "server does not search")
@@ -347,6 +371,13 @@ def _criterion(resource_type: str, name: str, raw: str, depth: int = 0) -> Crite
         if modifier not in (None, "missing") and not (code == "_id" and modifier == "not"):
             raise _Refusal(f"{code} does not take the modifier :{modifier}")
         return _finish(name, ptype, None, modifier, raw)
+    if code == "near" and resource_type == "Location" and not dot:
+        if modifier is not None:
+            raise _Refusal(f"near does not take the modifier :{modifier}")
+        values = tuple(parse_near(name, p) for p in split_values(raw) if p)
+        if not values:
+            raise _bad(name, "has no value")
+        return Criterion(name, "near", search_parameters("Location")["near"], None, values)
     param = _lookup(resource_type, code)
     if dot:
         if param.type != "reference":
@@ -370,6 +401,43 @@ def _criterion(resource_type: str, name: str, raw: str, depth: int = 0) -> Crite
                            f"{chained.split(':')[0]!r}")
         return Criterion(name, "chain", param, chains=tuple(chains))
     return _finish(name, param.type, param, modifier, raw)
+
+
+#: Kilometres per unit for ``near`` (UCUM codes; kilometres when none is given).
+_NEAR_UNITS = {"km": 1.0, "m": 0.001, "[mi_i]": 1.609344, "mi": 1.609344,
+               "[nmi_i]": 1.852}
+#: ``near`` without a distance: within this many kilometres.
+NEAR_DEFAULT_KM = 5.0
+
+
+def parse_near(name: str, raw: str) -> NearValue:
+    parts = [unescape(p) for p in _split_unescaped(raw, "|")]
+    if len(parts) < 2 or len(parts) > 4:
+        raise _bad(name, f"{raw!r} is not latitude|longitude[|distance[|units]]")
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+        distance = float(parts[2]) if len(parts) > 2 and parts[2] else NEAR_DEFAULT_KM
+    except ValueError:
+        raise _bad(name, f"{raw!r}: latitude, longitude and distance are numbers") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise _bad(name, f"{raw!r}: latitude is within ±90 and longitude within ±180")
+    if not distance >= 0 or distance == float("inf"):
+        raise _bad(name, f"{raw!r}: the distance is a finite number, zero or more")
+    unit = parts[3] if len(parts) > 3 and parts[3] else "km"
+    if len(parts) > 2 and not parts[2]:
+        unit = "km"
+    if unit not in _NEAR_UNITS:
+        raise _bad(name, f"unit {unit!r}: one of {', '.join(sorted(_NEAR_UNITS))}")
+    return NearValue(lat, lon, distance * _NEAR_UNITS[unit])
+
+
+def parse_one(resource_type: str, name: str, raw: str) -> Criterion:
+    """One ``name=raw`` of a query as a Criterion; what this server does not support is a
+    400 (for ``_filter``, which cannot drop a part of its logic)."""
+    try:
+        return _criterion(resource_type, name, raw)
+    except _Refusal as exc:
+        raise FhirError.of(400, "not-supported", str(exc)) from None
 
 
 def _finish(name: str, ptype: str, param: SearchParam | None, modifier: str | None,
@@ -409,7 +477,7 @@ def _composite(name: str, param: SearchParam, raw: str) -> CompositeValue:
     second_type = param.components[1].type
     second = _parse_value(name, second_type, parts[1], None)
     assert isinstance(first, TokenValue) and not isinstance(
-        second, (ReferenceValue, CompositeValue, ValueSetCodes))
+        second, (ReferenceValue, CompositeValue, ValueSetCodes, NearValue))
     return CompositeValue(first, second, second_type)
 
 
@@ -466,6 +534,10 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], *,
         try:
             if name in RESULT_PARAMS or name.startswith(("_include", "_revinclude")):
                 _control(req, name, raw)
+            elif name == "_filter":
+                from careplane.records.search_filter import parse_filter
+
+                req.criteria.append(parse_filter(resource_type, raw))
             else:
                 req.criteria.append(_criterion(resource_type, name, raw))
             if name != "_cursor":

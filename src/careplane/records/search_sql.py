@@ -26,6 +26,7 @@ from sqlalchemy import (
     FromClause,
     Select,
     and_,
+    case,
     false,
     func,
     literal,
@@ -36,11 +37,13 @@ from sqlalchemy import (
 )
 
 from careplane.records.access import Opening, Reach
-from careplane.records.models import INDEX_TABLES, resource
+from careplane.records.models import INDEX_TABLES, resource, resource_version
 from careplane.records.search_params import (
     CompositeValue,
     Criterion,
     DateValue,
+    FilterExpr,
+    NearValue,
     NumberValue,
     QuantityValue,
     ReferenceValue,
@@ -120,6 +123,10 @@ def _string(t: FromClause, crit: Criterion, value: str) -> ColumnElement[bool]:
         return and_(t.c.value == folded, t.c.exact == value)
     if crit.modifier == "contains":
         return t.c.value.like(f"%{_escape_like(folded)}%", escape="\\")
+    if crit.modifier == "filter-eq":  # _filter's eq: the whole value, folded
+        return t.c.value == cut(folded)
+    if crit.modifier == "filter-ew":
+        return t.c.value.like(f"%{_escape_like(folded)}", escape="\\")
     return _prefix_match(t.c.value, folded)
 
 
@@ -345,6 +352,10 @@ def _rows(resource_type: str, code: str, ptype: str) -> tuple[FromClause, Select
 def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
                      ) -> ColumnElement[bool]:
     """The condition a resource row ``r`` of ``resource_type`` meets when it matches ``crit``."""
+    if crit.filter is not None:
+        return _filter(r, resource_type, crit.filter, scope)
+    if crit.type == "near":
+        return or_(*(_near(r, v) for v in crit.values if isinstance(v, NearValue)))
     if crit.has is not None:
         return _reverse_chain(r, resource_type, crit, scope)
     if crit.param is None:
@@ -365,6 +376,44 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
     if crit.modifier in ("not", "not-in"):
         return r.c.pk.not_in(matching)
     return r.c.pk.in_(matching)
+
+
+def _filter(r: FromClause, resource_type: str, expr: FilterExpr, scope: Scope
+            ) -> ColumnElement[bool]:
+    parts = [_filter(r, resource_type, p, scope) if isinstance(p, FilterExpr)
+             else criterion_clause(r, resource_type, p, scope) for p in expr.parts]
+    if expr.op == "not":
+        return not_(parts[0])
+    return and_(*parts) if expr.op == "and" else or_(*parts)
+
+
+_EARTH_KM = 6371.0088
+_KM_PER_DEGREE = 111.2
+
+
+def _near(r: FromClause, value: NearValue) -> ColumnElement[bool]:
+    """Location.position within ``value.km`` of the point, by the haversine formula.
+
+    There is no spatial index: the test reads the current version's position (a bounding box
+    on latitude first), which suits the few thousand Locations an organisation keeps.
+    """
+    v = resource_version.alias()
+    lat = v.c.content[("position", "latitude")].as_float()
+    lon = v.c.content[("position", "longitude")].as_float()
+    rad = func.radians
+    dlat = rad(lat - value.latitude) / 2
+    dlon = rad(lon - value.longitude) / 2
+    sin_dlat, sin_dlon = func.sin(dlat), func.sin(dlon)
+    a = sin_dlat * sin_dlat + func.cos(rad(lat)) * func.cos(rad(value.latitude)) \
+        * sin_dlon * sin_dlon
+    # min(1, a) keeps asin's argument in range where rounding nudges it past one
+    distance = 2 * _EARTH_KM * func.asin(func.sqrt(case((a > 1, 1.0), else_=a)))
+    box = value.km / _KM_PER_DEGREE + 0.01
+    near = select(v.c.resource_pk).where(
+        v.c.resource_pk == r.c.pk, v.c.version == r.c.version,
+        lat.between(value.latitude - box, value.latitude + box), lon.is_not(None),
+        distance <= value.km)
+    return r.c.pk.in_(near)
 
 
 def _on_row(r: FromClause, crit: Criterion) -> ColumnElement[bool]:
