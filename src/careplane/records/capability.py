@@ -42,7 +42,24 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
     return out
 
 
+_AUDIT_EVENT_PARAMS = (("_id", "token"), ("date", "date"), ("patient", "reference"),
+                       ("agent", "reference"), ("agent-name", "string"), ("altid", "token"),
+                       ("action", "token"), ("outcome", "token"), ("entity", "reference"))
+
+
+def _audit_event() -> dict[str, Any]:
+    """AuditEvent is the audit trail, read-only (served by ``records.audit_events``)."""
+    return {"type": "AuditEvent",
+            "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+            "documentation": "the hash-chained audit trail, read-only, for administrators",
+            "interaction": [{"code": c} for c in ("read", "vread", "search-type")],
+            "versioning": "no-version", "readHistory": False, "updateCreate": False,
+            "searchParam": [{"name": n, "type": t} for n, t in _AUDIT_EVENT_PARAMS]}
+
+
 def _resource(resource_type: str) -> dict[str, Any]:
+    if resource_type == "AuditEvent":
+        return _audit_event()
     refs = sorted(f"{resource_type}:{p.code}" for p, _ in indexed_params(resource_type)
                   if p.type == "reference")
     revs = sorted(f"{t}:{p.code}" for t in resource_types() for p, _ in indexed_params(t)

@@ -17,8 +17,10 @@ register_seeder(seed_records)
 
 
 def mount(app: FastAPI) -> None:
+    from careplane.records.audit_events import router as audit_events
     from careplane.records.web import router as pages
 
+    app.include_router(audit_events)  # before the generic /fhir/{type} routes
     app.include_router(router)
     app.include_router(pages)
     app.add_middleware(FhirNotFound)
