@@ -4,8 +4,8 @@ An administrator sees the records of their own organisation (its members' action
 access to its data), the break-the-glass accesses waiting for review with the reasons given,
 and can re-verify the hash chain. Reading the trail is itself audited.
 
-FHIR AuditEvent read/search over the same records belongs to the records domain (a mapping
-from :class:`~careplane.security.audit.AuditRecord` to AuditEvent); it is not served yet.
+The same records are served as FHIR AuditEvents, read-only, by the records domain at
+``/fhir/AuditEvent`` (``careplane.records.audit_events``, mapped by ``audit_fhir``).
 """
 
 from __future__ import annotations
