@@ -91,6 +91,22 @@ class Settings(BaseSettings):
     # join ("auto", "ray://host:10001"); unset, each run starts a private local Ray instance.
     genomics_executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
+    # Browser origins (SMART apps, viewers served elsewhere) that may call /fhir, /dicomweb
+    # and the OAuth2 token endpoints with a bearer token: exact origins such as
+    # "https://app.example.org" (JSON list in CAREPLANE_CORS_ORIGINS). Cookies are never
+    # shared across origins, so no origin is ever allowed credentials.
+    cors_origins: list[str] = Field(default_factory=list)
+    # An external OpenID Connect provider (Keycloak, Entra ID...) whose access tokens are
+    # accepted beside careplane's own: its issuer, the URL of its JWKS, the audience its tokens
+    # must name, the organisation (slug) its users belong to, the claim that lists their roles
+    # (a dotted path such as "realm_access.roles") and how those map to careplane roles.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str | None = None
+    oidc_org: str | None = None
+    oidc_username_claim: str = "preferred_username"
+    oidc_roles_claim: str = "roles"
+    oidc_role_map: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -106,6 +122,20 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _check_origins_and_oidc(self) -> Settings:
+        for origin in self.cors_origins:
+            scheme, sep, rest = origin.partition("://")
+            if origin == "*" or not sep or scheme not in ("http", "https") or not rest \
+                    or "/" in rest or origin != origin.strip():
+                raise ValueError(f"cors_origins: {origin!r} is not an origin such as "
+                                 "https://app.example.org (no path, no wildcard)")
+        oidc = (self.oidc_issuer, self.oidc_jwks_url, self.oidc_audience, self.oidc_org)
+        if any(oidc) and not all(oidc):
+            raise ValueError("an external OIDC provider needs oidc_issuer, oidc_jwks_url, "
+                             "oidc_audience and oidc_org together")
         return self
 
     @property
