@@ -99,3 +99,49 @@ def test_near_on_location(fhir: Fhir, other_org: Fhir) -> None:
     for bad in ("91|0|1", "x|0", "1|2|3|parsec", "1", "1|2|-3"):
         r = fhir.get("Location", params={"near": bad})
         assert r.status_code == 400, (bad, r.text)
+
+
+def test_text_and_content_search(fhir: Fhir, other_org: Fhir, db_url: str,
+                                 client: object) -> None:
+    narrative = {"status": "generated",
+                 "div": '<div xmlns="http://www.w3.org/1999/xhtml"><p>Crushing '
+                        '<b>chest</b> pain since morning</p></div>'}
+    pain = fhir.create({"resourceType": "Condition", "text": narrative,
+                        "subject": {"reference": "Patient/x"},
+                        "code": {"text": "Angina pectoris"},
+                        "note": [{"text": "Referred by the ambulance crew"}]})["id"]
+    rash = fhir.create({"resourceType": "Condition", "subject": {"reference": "Patient/x"},
+                        "code": {"text": "Rash on the left arm"}})["id"]
+    other_org.create({"resourceType": "Condition", "subject": {"reference": "Patient/y"},
+                      "code": {"text": "Angina pectoris"}})
+    ids = fhir.ids
+    assert ids("Condition", {"_text": "chest"}) == [pain]
+    assert ids("Condition", {"_text": "chest pain"}) == [pain]        # every word
+    assert ids("Condition", {"_text": "angina"}) == []                # not in the narrative
+    assert ids("Condition", {"_content": "angina"}) == [pain]         # but in the content
+    assert ids("Condition", {"_content": "AMBULANCE"}) == [pain]
+    assert set(ids("Condition", {"_content": "ambulance,rash"})) == {pain, rash}  # OR
+    assert ids("Condition", {"_content": "rash arm"}) == [rash]
+    assert ids("Condition", {"_content": "rash ambulance"}) == []
+    assert ids("Condition", {"_content": "chest"}) == [pain]          # the narrative's words
+    assert ids("Condition", {"_content": "angina", "_text": "morning"}) == [pain]
+    assert set(ids("Condition", {"_filter": "_content eq rash or _text co morning"})) \
+        == {pain, rash}
+    assert fhir.ids("", {"_content": "pectoris"}) == [pain]            # across types
+    # a later version replaces the words of the earlier one
+    r = fhir.put(f"Condition/{rash}", {"resourceType": "Condition", "id": rash,
+                                        "subject": {"reference": "Patient/x"},
+                                        "code": {"text": "Eczema"}})
+    assert r.status_code == 200, r.text
+    assert ids("Condition", {"_content": "rash"}) == []
+    assert ids("Condition", {"_content": "eczema"}) == [rash]
+    if db_url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        engine = client.app.state.platform.db.engine  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            names = set(conn.execute(text(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'fhir_resource_version'"
+            )).scalars())
+        assert {"ix_fhir_resource_version_content_words",
+                "ix_fhir_resource_version_text_words"} <= names

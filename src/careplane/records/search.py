@@ -133,7 +133,7 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
     check(session, principal, Action.search, target(rtype, principal.org_id, patient_id=patient),
           detail=detail)
     _time_limit(session, timeout_ms)
-    scope = Scope(principal.org_id, base, reach)
+    scope = Scope(principal.org_id, base, reach, session.get_bind().dialect.name)
     r = resource
     criteria = resolve_value_sets(session, scope, req.criteria)
     where = [live(r, rtype, scope)]
@@ -166,7 +166,7 @@ def run_system_search(session: Session, principal: Principal, types: tuple[str, 
         check(session, principal, Action.search,
               target(rtype, principal.org_id, patient_id=patient), detail=detail)
     _time_limit(session, timeout_ms)
-    scope = Scope(principal.org_id, base, reach)
+    scope = Scope(principal.org_id, base, reach, session.get_bind().dialect.name)
     r = resource
     where: list[ColumnElement[bool]] = []
     if types:

@@ -18,6 +18,7 @@ number     the same
 quantity   the same (``5.4|http://unitsofmeasure.org|mg``)
 reference  eq, ne
 uri        eq, ne, sw (``:below``)
+_text      eq, co (the words of the value; also _content)
 any        pr true|false (the parameter has a value, or has none)
 =========  ==========================================================================
 
@@ -49,6 +50,7 @@ _BY_TYPE: dict[str, frozenset[str]] = {
     "reference": frozenset({"eq", "ne", "pr"}),
     "uri": frozenset({"eq", "ne", "sw", "pr"}),
     "composite": frozenset({"eq", "pr"}),
+    "fulltext": frozenset({"eq", "co"}),  # _text, _content: the value's words
 }
 _TOKEN = re.compile(r'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^\s()"]+))')
 MAX_TESTS = 50

@@ -371,6 +371,18 @@ def _criterion(resource_type: str, name: str, raw: str, depth: int = 0) -> Crite
         if modifier not in (None, "missing") and not (code == "_id" and modifier == "not"):
             raise _Refusal(f"{code} does not take the modifier :{modifier}")
         return _finish(name, ptype, None, modifier, raw)
+    if code in ("_text", "_content") and not dot:
+        param = search_parameters(resource_type).get(code)
+        if param is None:
+            raise _Refusal(f"{resource_type} has no search parameter {code!r}")
+        if modifier is not None:
+            raise _Refusal(f"{code} does not take the modifier :{modifier}")
+        words = tuple(w for w in (unescape(p).strip() for p in split_values(raw)) if w)
+        if not words:
+            raise _bad(name, "has no value")
+        if len(words) > MAX_VALUES:
+            raise _bad(name, f"at most {MAX_VALUES} values may be OR'd")
+        return Criterion(name, "fulltext", param, None, words)
     if code == "near" and resource_type == "Location" and not dot:
         if modifier is not None:
             raise _Refusal(f"near does not take the modifier :{modifier}")

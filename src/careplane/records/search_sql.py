@@ -16,6 +16,7 @@ the "C" collation (see models), which makes that range exact.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,9 +28,11 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    exists,
     false,
     func,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -70,6 +73,7 @@ class Scope:
     org_id: str
     base: str = ""
     reach: Reach | None = None
+    dialect: str = "sqlite"
 
 
 def _opening(r: FromClause, opening: Opening) -> ColumnElement[bool]:
@@ -356,6 +360,8 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
         return _filter(r, resource_type, crit.filter, scope)
     if crit.type == "near":
         return or_(*(_near(r, v) for v in crit.values if isinstance(v, NearValue)))
+    if crit.type == "fulltext":
+        return _fulltext(r, resource_type, crit, scope)
     if crit.has is not None:
         return _reverse_chain(r, resource_type, crit, scope)
     if crit.param is None:
@@ -414,6 +420,55 @@ def _near(r: FromClause, value: NearValue) -> ColumnElement[bool]:
         lat.between(value.latitude - box, value.latitude + box), lon.is_not(None),
         distance <= value.km)
     return r.c.pk.in_(near)
+
+
+#: The words PostgreSQL indexes for _content and _text (migration 0102 builds GIN indexes on
+#: exactly these expressions of fhir_resource_version; keep them identical).
+_CONTENT_VECTOR = "jsonb_to_tsvector('simple'::regconfig, {v}.content, '[\"string\"]'::jsonb)"
+_TEXT_VECTOR = "to_tsvector('simple'::regconfig, COALESCE({v}.content -> 'text' ->> 'div', ''))"
+_WORDS = re.compile(r"\w+")
+
+
+def _fulltext(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
+              ) -> ColumnElement[bool]:
+    """``_content`` (every string of the resource) or ``_text`` (its narrative) contains
+    the words of one of the values.
+
+    PostgreSQL matches whole words (``plainto_tsquery``) through the GIN indexes of
+    migration 0102. SQLite, which has no such index, looks for each word inside the string
+    values (``json_tree``) or the narrative, case-insensitively for ASCII.
+    """
+    v = resource_version.alias("fts_v")
+    r2 = resource.alias("fts_r")
+    current = select(v.c.resource_pk).join(r2, and_(r2.c.pk == v.c.resource_pk,
+                                                    r2.c.version == v.c.version))
+    if resource_type != ANY_TYPE:
+        current = current.where(r2.c.resource_type == resource_type)
+    content = crit.name == "_content"
+    words = [tuple(m.group(0) for m in _WORDS.finditer(str(value))) for value in crit.values]
+    words = [w for w in words if w]
+    if not words:
+        return false()
+    if scope.dialect == "postgresql":
+        shape = _CONTENT_VECTOR if content else _TEXT_VECTOR
+        vector: ColumnElement[Any] = literal_column(shape.format(v="fts_v"))
+        simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
+        test = or_(*(vector.op("@@")(func.plainto_tsquery(simple, " ".join(w)))
+                     for w in words))
+        return r.c.pk.in_(current.where(test))
+    if content:
+        tree = func.json_tree(v.c.content).table_valued("type", "value").alias("fts_t")
+
+        def has(word: str) -> ColumnElement[bool]:
+            return exists(select(literal(1)).select_from(tree).where(
+                tree.c.type == "text",
+                tree.c.value.like(f"%{_escape_like(word)}%", escape="\\")))
+    else:
+        narrative = func.json_extract(v.c.content, "$.text.div")
+
+        def has(word: str) -> ColumnElement[bool]:
+            return narrative.like(f"%{_escape_like(word)}%", escape="\\")
+    return r.c.pk.in_(current.where(or_(*(and_(*(has(word) for word in w)) for w in words))))
 
 
 def _on_row(r: FromClause, crit: Criterion) -> ColumnElement[bool]:
