@@ -167,7 +167,7 @@ def resolve_access_token(session: Session, token: str, *, issuer: str,
         if "aud" in str(exc):
             raise TokenRejected("the token is meant for another audience") from exc
         raise TokenRejected(f"the token's claims are not acceptable ({exc.error})") from exc
-    holder = load_token(session, AuthToken.id == str(claims["jti"]))
+    holder = load_token(session, "id", str(claims["jti"]))
     now = utcnow()
     if holder is None or holder.kind != "access" or holder.user_id != claims["sub"]:
         raise TokenRejected("the token is unknown")

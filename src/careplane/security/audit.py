@@ -173,18 +173,31 @@ def record_after_commit(session: Session, principal: Principal | None, action: s
     """Record a read-only access once ``session``'s transaction commits (see the module doc).
 
     Rolled back, the record is dropped with the rest of the request, as :func:`record`'s would
-    be. The commit raises :class:`AuditUnavailable` (503) when the writer cannot take it.
+    be. The commit fails with :class:`AuditUnavailable` (503) when the writer's queue stays
+    full (its database is down).
     """
     row = _row(principal, action, target, outcome, decision, source, detail)
     session.info.setdefault(_PENDING, []).append(row)
+
+
+def _writer_of(session: Session) -> AuditWriter:
+    bind = session.get_bind()
+    return writer_for(bind if isinstance(bind, Engine) else bind.engine)
+
+
+@event.listens_for(Session, "before_commit")
+def _reserve_pending(session: Session) -> None:
+    # Refusing here fails the commit cleanly (rolled back, 503); after it, too late.
+    rows = session.info.get(_PENDING)
+    if rows:
+        _writer_of(session).reserve(len(rows))
 
 
 @event.listens_for(Session, "after_commit")
 def _submit_pending(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
-        bind = session.get_bind()
-        writer_for(bind if isinstance(bind, Engine) else bind.engine).submit(rows)
+        _writer_of(session).submit(rows)
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -200,8 +213,9 @@ class AuditUnavailable(DatabaseUnavailable):
 class AuditWriter:
     """Appends queued audit records of one database in batches from a background thread.
 
-    ``submit`` queues (waiting up to ``wait`` seconds when ``capacity`` records are already
-    waiting, then raising :class:`AuditUnavailable`); the thread writes what has gathered
+    ``reserve`` (before the request's commit) waits up to ``wait`` seconds while ``capacity``
+    records are already queued, then raises :class:`AuditUnavailable`; ``submit`` (after the
+    commit) queues; the thread writes what has gathered
     ``delay`` seconds after the oldest queued record arrived, up to ``batch`` per transaction.
     ``flush`` writes everything queued so far before it returns; records keep the order in
     which they were submitted, whoever writes them.
@@ -235,21 +249,30 @@ class AuditWriter:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, rows: list[AuditRecord]) -> None:
+    def reserve(self, n: int) -> None:
+        """Wait until ``n`` more records fit; :class:`AuditUnavailable` if none do in time."""
         deadline = time.monotonic() + self.wait
         with self._cond:
-            while len(self._queue) + len(rows) > self.capacity and self._queue:
+            while len(self._queue) + n > self.capacity and self._queue:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AuditUnavailable(
                         "the audit trail cannot be written (database unavailable); "
                         "the access was not served")
                 self._cond.wait(left)
+
+    def submit(self, rows: list[AuditRecord]) -> None:
+        """Queue ``rows`` (room having been reserved); never raises, never drops."""
+        with self._cond:
             now = time.monotonic()
             self._queue.extend((now, row) for row in rows)
             self._cond.notify_all()
         if self.inline:
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # kept queued: the next flush writes them
+                log.error("audit records could not be written (%d queued): %s",
+                          len(self._queue), exc.__class__.__name__)
 
     def flush(self) -> None:
         """Write every record submitted before this call; raises if the database refuses."""

@@ -7,9 +7,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
-from sqlalchemy import ColumnElement, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Executable, bindparam, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from careplane.platform.db import utcnow
 from careplane.security._principal import Principal, Role
@@ -173,20 +174,28 @@ class TokenHolder:
     own_patient: str | None = None
 
 
-def load_token(session: Session, condition: ColumnElement[bool]) -> TokenHolder | None:
-    """One round trip for everything authentication needs to know about a token: the token,
-    its user, the user's roles in the token's organisation and their own Patient there."""
-    rows = session.execute(
-        select(AuthToken.id, AuthToken.kind, AuthToken.org_id, AuthToken.scopes,
-               AuthToken.client_id, AuthToken.expires_at, AuthToken.revoked_at,
-               AuthToken.last_used_at, User.id, User.username, User.full_name,
-               User.is_active, Membership.role, UserPatient.patient_id)
-        .join(User, User.id == AuthToken.user_id)
-        .outerjoin(Membership, (Membership.user_id == AuthToken.user_id)
-                   & (Membership.org_id == AuthToken.org_id))
-        .outerjoin(UserPatient, (UserPatient.user_id == AuthToken.user_id)
-                   & (UserPatient.org_id == AuthToken.org_id))
-        .where(condition)).all()
+def _token_query(key: InstrumentedAttribute[str]) -> Executable:
+    return (select(AuthToken.id, AuthToken.kind, AuthToken.org_id, AuthToken.scopes,
+                   AuthToken.client_id, AuthToken.expires_at, AuthToken.revoked_at,
+                   AuthToken.last_used_at, User.id, User.username, User.full_name,
+                   User.is_active, Membership.role, UserPatient.patient_id)
+            .join(User, User.id == AuthToken.user_id)
+            .outerjoin(Membership, (Membership.user_id == AuthToken.user_id)
+                       & (Membership.org_id == AuthToken.org_id))
+            .outerjoin(UserPatient, (UserPatient.user_id == AuthToken.user_id)
+                       & (UserPatient.org_id == AuthToken.org_id))
+            .where(key == bindparam("key")))
+
+
+# Built once: this runs on every authenticated request.
+_BY = {"hash": _token_query(AuthToken.token_hash), "id": _token_query(AuthToken.id)}
+
+
+def load_token(session: Session, by: Literal["hash", "id"], key: str) -> TokenHolder | None:
+    """One round trip for everything authentication needs to know about a token (found by
+    its SHA-256 ``hash`` or its ``id``): the token, its user, the user's roles in the token's
+    organisation and their own Patient there."""
+    rows = session.execute(_BY[by], {"key": key}).all()
     if not rows:
         return None
     first = rows[0]
@@ -212,7 +221,7 @@ def own_patient(session: Session, user_id: str, org_id: str) -> str | None:
 
 def resolve_token(session: Session, token: str, *, kind: str) -> Principal | None:
     """The principal a presented token stands for, or None if unknown, expired or revoked."""
-    holder = load_token(session, AuthToken.token_hash == hash_token(token))
+    holder = load_token(session, "hash", hash_token(token))
     now = utcnow()
     if holder is None or holder.kind != kind or holder.revoked_at or holder.expires_at <= now:
         return None
