@@ -101,7 +101,7 @@ def _statement() -> dict[str, Any]:
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
-            "security": {"cors": False, "description": "OAuth2 bearer tokens issued by "
+            "security": {"cors": True, "description": "OAuth2 bearer tokens issued by "
                          "careplane (or its configured OIDC provider); every access is "
                          "decided by the organisation's policy and audited."},
             "resource": [_resource(t) for t in sorted(resource_types())

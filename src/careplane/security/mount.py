@@ -16,6 +16,7 @@ from careplane.security.access_routes import router as access_router
 from careplane.security.audit import configure as configure_audit
 from careplane.security.audit_routes import api as audit_api
 from careplane.security.audit_routes import pages as audit_pages
+from careplane.security.cors import CorsMiddleware
 from careplane.security.oauth import OAuthError
 from careplane.security.oauth_routes import router as oauth_router
 from careplane.security.ratelimit import RateLimitMiddleware
@@ -42,6 +43,9 @@ def mount(app: FastAPI) -> None:
     app.include_router(audit_api)
     app.include_router(audit_pages)
     app.add_exception_handler(OAuthError, _oauth_error)
+    # Outermost of the security middleware: a preflight is answered before anything else, and
+    # refusals (401, 429) still carry the origin's label so the app can read them.
+    app.add_middleware(CorsMiddleware, origins=app.state.platform.settings.cors_origins)
     # Innermost (appended, not inserted): the request-id and header middleware wrap a 429.
     app.user_middleware.append(Middleware(RateLimitMiddleware))
     app.user_middleware.append(Middleware(HstsMiddleware))
