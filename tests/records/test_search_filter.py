@@ -145,3 +145,38 @@ def test_text_and_content_search(fhir: Fhir, other_org: Fhir, db_url: str,
             )).scalars())
         assert {"ix_fhir_resource_version_content_words",
                 "ix_fhir_resource_version_text_words"} <= names
+
+
+def test_three_part_composites_match_on_the_same_variant(fhir: Fhir) -> None:
+    chrom = "http://terminology.hl7.org/CodeSystem/chromosome-human"
+
+    def sequence(chromosome: str, window: tuple[int, int],
+                 variants: list[tuple[int, int]]) -> str:
+        return str(fhir.create({
+            "resourceType": "MolecularSequence", "type": "dna", "coordinateSystem": 0,
+            "referenceSeq": {"chromosome": {"coding": [{"system": chrom,
+                                                         "code": chromosome}]},
+                             "referenceSeqId": {"coding": [{"code": "NC_000001.11"}]},
+                             "windowStart": window[0], "windowEnd": window[1]},
+            "variant": [{"start": s, "end": e} for s, e in variants]})["id"])
+
+    one = sequence("1", (100, 500), [(120, 130), (400, 420)])
+    two = sequence("2", (100, 500), [(150, 160)])
+    ids = fhir.ids
+    assert ids("MolecularSequence", {"chromosome-variant-coordinate": "1$120$130"}) == [one]
+    # start of one variant with the end of another is no match
+    assert ids("MolecularSequence", {"chromosome-variant-coordinate": "1$120$420"}) == []
+    assert ids("MolecularSequence", {"chromosome-variant-coordinate": "1$ge400$le420"}) \
+        == [one]
+    assert ids("MolecularSequence", {"chromosome-variant-coordinate": "2$gt100$lt200"}) \
+        == [two]
+    assert set(ids("MolecularSequence", {"chromosome-variant-coordinate":
+                                         "1$gt100$lt200,2$gt100$lt200"})) == {one, two}
+    assert set(ids("MolecularSequence", {"chromosome-window-coordinate": f"{chrom}|1$100$500"
+                                         })) == {one}
+    assert set(ids("MolecularSequence", {"chromosome-window-coordinate": "$le100$ge500"})) \
+        == {one, two}
+    assert ids("MolecularSequence", {"referenceseqid-variant-coordinate":
+                                     "NC_000001.11$150$160"}) == [two]
+    r = fhir.get("MolecularSequence", params={"chromosome-variant-coordinate": "1$120"})
+    assert r.status_code == 400 and "chromosome$variant-start$variant-end" in r.text

@@ -35,11 +35,13 @@ __all__ = [
     "ReferenceValue",
     "SearchRequest",
     "SortKey",
+    "ThreePartValue",
     "TokenValue",
     "ValueSetCodes",
     "parse_one",
     "parse_search",
     "split_values",
+    "three_part",
     "unescape",
 ]
 
@@ -131,8 +133,17 @@ class ValueSetCodes:
     excluded: tuple[tuple[str, str], ...] = ()
 
 
-Value = str | ValueSetCodes | NearValue | TokenValue | NumberValue | QuantityValue | DateValue | \
-    ReferenceValue | CompositeValue
+@dataclass(frozen=True, slots=True)
+class ThreePartValue:
+    """``token$value$value`` of a three-part composite, each part parsed by its type."""
+
+    first: TokenValue
+    second: NumberValue
+    third: NumberValue
+
+
+Value = str | ValueSetCodes | NearValue | ThreePartValue | TokenValue | NumberValue | \
+    QuantityValue | DateValue | ReferenceValue | CompositeValue
 
 
 @dataclass(frozen=True)
@@ -334,7 +345,7 @@ def _lookup(resource_type: str, code: str) -> SearchParam:
     param = search_parameters(resource_type).get(code)
     if param is None:
         raise _Refusal(f"{resource_type} has no search parameter {code!r}")
-    if param.type == "composite" and code not in {
+    if param.type == "composite" and not three_part(param) and code not in {
             p.code for p, _ in composite_params(resource_type)}:
         raise _Refusal(f"{resource_type}.{code} is a composite of parts this server does "
                        "not index together")
@@ -481,7 +492,38 @@ def _finish(name: str, ptype: str, param: SearchParam | None, modifier: str | No
     return Criterion(name, ptype, param, modifier, values)
 
 
-def _composite(name: str, param: SearchParam, raw: str) -> CompositeValue:
+_NAME = re.compile(r"[a-z][A-Za-z0-9]*")
+
+
+def three_part(param: SearchParam) -> bool:
+    """A composite of a token and two numbers, searched here from the resource JSON
+    (R4 has four, MolecularSequence's coordinates: ``chromosome$start$end``). Its token is
+    on the resource (its own parameter's index); the other two are elements of each item the
+    composite's expression selects, tested together on the same item."""
+    comps = param.components
+    return (len(comps) == 3 and comps[0].type == "token"
+            and all(c.type == "number" and _NAME.fullmatch(c.expression)
+                    for c in comps[1:])
+            and param.expression is not None
+            and all(_NAME.fullmatch(p) for p in param.expression.split(".")[1:]))
+
+
+def _three_part(name: str, param: SearchParam, raw: str) -> ThreePartValue:
+    parts = _split_unescaped(raw, "$")
+    if len(parts) != 3:
+        raise _bad(name, f"{raw!r} is not {'$'.join(c.code for c in param.components)}")
+    first = _parse_value(name, "token", parts[0], None)
+    rest = [_parse_value(name, c.type, p, None)
+            for c, p in zip(param.components[1:], parts[1:], strict=True)]
+    second, third = rest
+    assert isinstance(first, TokenValue)
+    assert isinstance(second, NumberValue) and isinstance(third, NumberValue)
+    return ThreePartValue(first, second, third)
+
+
+def _composite(name: str, param: SearchParam, raw: str) -> CompositeValue | ThreePartValue:
+    if three_part(param):
+        return _three_part(name, param, raw)
     parts = _split_unescaped(raw, "$")
     if len(parts) != 2:
         raise _bad(name, f"{raw!r} is not code$value")
@@ -489,7 +531,7 @@ def _composite(name: str, param: SearchParam, raw: str) -> CompositeValue:
     second_type = param.components[1].type
     second = _parse_value(name, second_type, parts[1], None)
     assert isinstance(first, TokenValue) and not isinstance(
-        second, (ReferenceValue, CompositeValue, ValueSetCodes, NearValue))
+        second, (ReferenceValue, CompositeValue, ValueSetCodes, NearValue, ThreePartValue))
     return CompositeValue(first, second, second_type)
 
 

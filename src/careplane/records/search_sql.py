@@ -24,10 +24,12 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     FromClause,
     Select,
     and_,
     case,
+    cast,
     exists,
     false,
     func,
@@ -51,8 +53,10 @@ from careplane.records.search_params import (
     QuantityValue,
     ReferenceValue,
     SortKey,
+    ThreePartValue,
     TokenValue,
     ValueSetCodes,
+    three_part,
 )
 from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
@@ -375,6 +379,8 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
         return r.c.pk.in_(rows.where(or_(*(_token_test(t.c.system, t.c.code, v)
                                            for v in crit.values
                                            if isinstance(v, TokenValue)))))
+    if crit.type == "composite" and three_part(crit.param):
+        return _three_part(r, resource_type, crit, scope)
     t, rows = _rows(resource_type, code, crit.type)
     if crit.missing is not None:
         return r.c.pk.not_in(rows) if crit.missing else r.c.pk.in_(rows)
@@ -469,6 +475,51 @@ def _fulltext(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
         def has(word: str) -> ColumnElement[bool]:
             return narrative.like(f"%{_escape_like(word)}%", escape="\\")
     return r.c.pk.in_(current.where(or_(*(and_(*(has(word) for word in w)) for w in words))))
+
+
+def _three_part(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
+                ) -> ColumnElement[bool]:
+    """A three-part composite (``chromosome$start$end``): the token through its own
+    parameter's index, the two numbers on one and the same item of the composite's element
+    in the current version's JSON (an array's items, or the element itself)."""
+    param = crit.param
+    assert param is not None and param.expression is not None
+    first, second, third = param.components
+    t, rows = _rows(resource_type, first.code, "token")
+    if crit.missing is not None:
+        return r.c.pk.not_in(rows) if crit.missing else r.c.pk.in_(rows)
+    path = param.expression.split(".")[1:]
+    v = resource_version.alias("tp_v")
+    if scope.dialect == "postgresql":
+        element = v.c.content[tuple(path)]
+        items = func.jsonb_array_elements(case(
+            (func.jsonb_typeof(element) == "array", element),
+            else_=func.jsonb_build_array(element))).table_valued("value").alias("tp_i")
+
+        def field(name: str) -> ColumnElement[Any]:
+            return cast(items.c.value.op("->>")(literal(name)), Float)
+    else:
+        where = "$." + ".".join(path)
+        element = func.json_extract(v.c.content, where)
+        items = func.json_each(case(
+            (func.json_type(v.c.content, where) == "array", element),
+            else_=func.json_array(func.json(element)))).table_valued("value").alias("tp_i")
+
+        def field(name: str) -> ColumnElement[Any]:
+            return cast(func.json_extract(items.c.value, f"$.{name}"), Float)
+
+    branches = []
+    for value in crit.values:
+        if not isinstance(value, ThreePartValue):
+            continue
+        a, b = field(second.expression), field(third.expression)
+        same_item = exists(select(literal(1)).select_from(items).where(
+            number_test(a, a, value.second), number_test(b, b, value.third)))
+        in_json = select(v.c.resource_pk).where(v.c.resource_pk == r.c.pk,
+                                                v.c.version == r.c.version, same_item)
+        token = rows.where(_token_test(t.c.system, t.c.code, value.first))
+        branches.append(and_(r.c.pk.in_(token), r.c.pk.in_(in_json)))
+    return or_(*branches) if branches else false()
 
 
 def _on_row(r: FromClause, crit: Criterion) -> ColumnElement[bool]:
