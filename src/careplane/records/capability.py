@@ -13,14 +13,14 @@ from typing import Any
 
 from careplane._version import __version__
 from careplane.records.indexer import composite_params, indexed_params
-from careplane.records.search_params import MODIFIERS
+from careplane.records.search_params import MODIFIERS, three_part
 from careplane.records.spec import resource_types, search_parameters, source
 
 __all__ = ["INTERACTIONS", "capability_statement"]
 
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
                 "history-type", "create", "search-type")
-SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 _OPS = {"everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
         "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 
@@ -32,14 +32,45 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
         p = spec[code]
         out.append({"name": code, "definition": p.url, "type": p.type})
     params = [p for p, _ in indexed_params(resource_type)] + \
-        [p for p, _ in composite_params(resource_type)]
+        [p for p, _ in composite_params(resource_type)] + \
+        [p for p in spec.values() if p.type == "composite" and three_part(p)]
     for param in params:
         entry: dict[str, Any] = {"name": param.code, "definition": param.url, "type": param.type}
         mods = sorted(MODIFIERS.get(param.type, ()))
         if mods:
             entry["documentation"] = "modifiers: " + ", ".join(f":{m}" for m in mods)
         out.append(entry)
+    for code, doc in _WORD_SEARCH.items():
+        if code in spec:
+            out.append({"name": code, "definition": spec[code].url, "type": "string",
+                        "documentation": doc})
+    if resource_type == "Location":
+        out.append({"name": "near", "definition": spec["near"].url, "type": "special",
+                    "documentation": _NEAR_DOC})
+    out.append(_FILTER)
     return out
+
+
+_WORD_SEARCH = {
+    "_text": "the words of the narrative (text.div); comma-separated values are OR'd",
+    "_content": "the words of every string in the resource; comma-separated values are OR'd",
+}
+_NEAR_DOC = "latitude|longitude|distance|units (km, m, [mi_i], [nmi_i]; 5 km if no distance)"
+_FILTER = {"name": "_filter", "type": "special",
+           "definition": "http://hl7.org/fhir/SearchParameter/filter",
+           "documentation": "the FHIR filter language on this type's parameters: eq ne co sw "
+                            "ew gt lt ge le sa eb ap pr, and/or/not with parentheses; "
+                            "po ss sb in ni re and [path] filters are refused"}
+_SYSTEM_PARAMS = [
+    {"name": "_type", "type": "special",
+     "documentation": "the types to search (a comma list); the other parameters must be "
+                      "parameters of each listed type"},
+    {"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"},
+    {"name": "_tag", "type": "token"}, {"name": "_security", "type": "token"},
+    {"name": "_profile", "type": "uri"}, {"name": "_source", "type": "uri"},
+    {"name": "_content", "type": "string", "documentation": _WORD_SEARCH["_content"]},
+    _FILTER,
+]
 
 
 _AUDIT_EVENT_PARAMS = (("_id", "token"), ("date", "date"), ("patient", "reference"),
@@ -107,7 +138,7 @@ def _statement() -> dict[str, Any]:
             "resource": [_resource(t) for t in sorted(resource_types())
                          if t not in ("Parameters",)],
             "interaction": [{"code": c} for c in SYSTEM_INTERACTIONS],
-            "searchParam": [{"name": "_lastUpdated", "type": "date"}],
+            "searchParam": _SYSTEM_PARAMS,
         }],
     }
 
