@@ -179,3 +179,86 @@ def _check_pages(client: TestClient, h: dict[str, str], run_id: str, sample_id: 
     assert found and int(found.group(1).replace(",", "")) == variants
     bad = client.get("/genomics/variants", params={"start": "x"}, headers=h)
     assert bad.status_code == 200 and "start must be a whole number" in bad.text
+
+
+def test_a_rejected_upload_leaves_no_blob(client: TestClient, accounts: Accounts,
+                                          settings: Settings) -> None:
+    import re
+
+    def blobs() -> set[str]:
+        return {p.name for p in settings.blob_dir.rglob("*")
+                if p.is_file() and re.fullmatch(r"[0-9a-f]{64}", p.name)}
+
+    nurse = accounts.make("gina", Role.clinician)
+    kept = client.post("/api/genomics/files", params={"filename": "ok.fq"},
+                       content=b"@r\nAC\n+\nII\n", headers=nurse.headers)
+    assert kept.status_code == 201
+    before = blobs()
+    assert kept.json()["sha256"] in before
+    refused = [
+        ({"filename": "x.fq"}, b"@r\nACGT\n+\nIIII\n", {"X-Checksum-Sha256": "0" * 64}),
+        ({"filename": "x.fq", "kind": "fastq"}, b">chr1\nACGT\n", {}),
+        ({"filename": "x.bin"}, b"\x00\x01 not a genomics file", {}),
+    ]
+    for params, body, extra in refused:
+        got = client.post("/api/genomics/files", params=params, content=body,
+                          headers={**nurse.headers, **extra})
+        assert got.status_code == 422, got.text
+    assert blobs() == before
+    # Refusing the same bytes as a stored file (wrong checksum) leaves that file's blob alone.
+    again = client.post("/api/genomics/files", params={"filename": "ok.fq"},
+                        content=b"@r\nAC\n+\nII\n",
+                        headers={**nurse.headers, "X-Checksum-Sha256": "1" * 64})
+    assert again.status_code == 422 and blobs() == before
+    download = client.get(f"/api/genomics/files/{kept.json()['id']}/content",
+                          headers=nurse.headers)
+    assert download.content == b"@r\nAC\n+\nII\n"
+
+
+def test_a_large_reference_is_checked_by_a_job(
+        client: TestClient, accounts: Accounts, db: Database, dataset: SimulatedDataset,
+        worker_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from careplane.genomics import service
+
+    monkeypatch.setattr(service, "INLINE_CHECK_BYTES", 100)  # every FASTA here is "large"
+    nurse = accounts.make("gina", Role.clinician)
+    h = nurse.headers
+    good = _upload(client, h, dataset.reference)
+    registered = client.post("/api/genomics/references", json={"name": "big",
+                                                               "file_id": good["id"]},
+                             headers=h)
+    # The request reads none of the FASTA: it answers at once and a job does the check.
+    assert registered.status_code == 202, registered.text
+    body = registered.json()
+    assert body["status"] == "checking" and body["contigs"] == [] and body["job_id"]
+    home = client.get("/genomics", headers=h)
+    assert "checking" in home.text
+
+    bad_fa = client.post("/api/genomics/files", params={"filename": "bad.fa"},
+                         content=b">a\n" + b"ACGT\n" * 30 + b"ACXT\n", headers=h).json()
+    bad = client.post("/api/genomics/references", json={"name": "bad", "file_id": bad_fa["id"]},
+                      headers=h)
+    assert bad.status_code == 202 and bad.json()["status"] == "checking"
+
+    worker = jobs.Worker(db)
+    assert worker.run_once() and worker.run_once()
+    ready = client.get(f"/api/genomics/references/{body['id']}", headers=h).json()
+    assert ready["status"] == "ready" and ready["error"] is None
+    assert ready["contigs"] == [[k, v] for k, v in dataset.contigs.items()]
+    assert ready["length"] == sum(dataset.contigs.values())
+    failed = client.get(f"/api/genomics/references/{bad.json()['id']}", headers=h).json()
+    assert failed["status"] == "failed" and "bad (bad.fa) line 32" in failed["error"]
+    job = client.get(f"/api/jobs/{bad.json()['job_id']}", headers=h)
+    assert job.status_code == 200 and job.json()["status"] == "failed"
+
+    # A run needs a reference that did not fail its check.
+    sample = client.post("/api/genomics/samples", json={"name": "S"}, headers=h).json()
+    reads = [_upload(client, h, p, sample_id=sample["id"])["id"]
+             for p in (dataset.r1, dataset.r2)]
+    refused = client.post("/api/genomics/runs", json={
+        "sample_id": sample["id"], "reference_id": bad.json()["id"], "fastq": reads},
+        headers=h)
+    assert refused.status_code == 422 and "failed its check" in refused.text
+    accepted = client.post("/api/genomics/runs", json={
+        "sample_id": sample["id"], "reference_id": body["id"], "fastq": reads}, headers=h)
+    assert accepted.status_code == 202, accepted.text

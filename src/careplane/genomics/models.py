@@ -67,6 +67,11 @@ class GenomicsReference(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     contigs: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     length: Mapped[int] = mapped_column(BigInteger, default=0)
+    # "ready"; "checking" while a job validates and indexes a large FASTA (contigs and length
+    # are filled in then); "failed" with the reason in ``error``.
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(32))
     created_by: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -199,20 +199,27 @@ def get_sample(sample_id: str, session: SessionDep, principal: PrincipalDep) -> 
 
 # -- references -----------------------------------------------------------------------------
 
-@router.post("/references", status_code=status.HTTP_201_CREATED, response_model=ReferenceOut)
+@router.post("/references", status_code=status.HTTP_201_CREATED, response_model=ReferenceOut,
+             responses={202: {"model": ReferenceOut,
+                              "description": "a large FASTA: registered, checked by a job"}})
 def create_reference(body: ReferenceIn, session: SessionDep, platform: PlatformDep,
-                     principal: PrincipalDep) -> ReferenceOut:
+                     principal: PrincipalDep, response: Response) -> ReferenceOut:
+    """Register an uploaded FASTA: checked at once (201), or, when large, by a job (202,
+    ``status: checking``; follow it at ``GET /references/{id}``)."""
     authorize(session, principal, Action.create, _target("reference", principal))
     try:
         reference = service.create_reference(session, platform.blobs,
                                              org_id=principal.org_id, name=body.name,
                                              file_id=body.file_id,
                                              description=body.description,
-                                             created_by=principal.user_id)
+                                             created_by=principal.user_id,
+                                             data_dir=platform.settings.data_dir)
     except service.NotFound as exc:
         raise _not_found(exc) from None
     except service.GenomicsError as exc:
         raise _bad(exc) from None
+    if reference.status == "checking":
+        response.status_code = status.HTTP_202_ACCEPTED
     return ReferenceOut.of(reference)
 
 

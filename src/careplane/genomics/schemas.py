@@ -69,6 +69,10 @@ class ReferenceOut(BaseModel):
     sha256: str
     length: int
     contigs: list[Any]
+    status: str = Field(description="ready; checking (a job checks and indexes a large FASTA, "
+                        "then fills in contigs and length); failed (see error)")
+    error: str | None = None
+    job_id: str | None = None
     created_at: datetime
 
     @classmethod

@@ -8,6 +8,7 @@ and the callers stay thin. Nothing here decides access: callers ask ``security.g
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import zlib
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 RUN_TASK = "careplane.genomics.tasks:run"
+CHECK_REFERENCE_TASK = "careplane.genomics.tasks:check_reference"
+INLINE_CHECK_BYTES = 16 * 1024 * 1024  # larger FASTA files are checked by a job
 
 
 class GenomicsError(ValueError):
@@ -111,25 +114,40 @@ def store_upload(session: Session, blobs: BlobStore, chunks: Iterable[bytes], *,
                  filename: str, kind: str | None = None, sample_id: str | None = None,
                  expected_sha256: str | None = None, created_by: str | None = None,
                  max_bytes: int | None = None) -> GenomicsFile:
-    """Stream an upload into the blob store and register it; checksum verified if given."""
+    """Stream an upload into the blob store and register it; checksum verified if given.
+
+    Every check runs while the bytes stream in, and a failed one is raised from inside the
+    stream, before the blob store keeps anything: a rejected upload (empty, wrong checksum, not
+    the kind of file it claims to be) leaves no blob behind, and a blob that was already stored
+    for someone else is never touched.
+    """
     if sample_id is not None:
         get_sample(session, sample_id, org_id=org_id)
     head = bytearray()
+    digest = hashlib.sha256() if expected_sha256 else None
+    checked: dict[str, Any] = {}
 
     def tee() -> Iterator[bytes]:
+        size = 0
         for chunk in chunks:
             if len(head) < 65536:
                 head.extend(chunk[: 65536 - len(head)])
+            if digest is not None:
+                digest.update(chunk)
+            size += len(chunk)
             yield chunk
+        if size == 0:
+            raise GenomicsError(f"{filename}: the file is empty")
+        if digest is not None and expected_sha256 \
+                and expected_sha256.lower() != digest.hexdigest():
+            raise GenomicsError(f"{filename}: checksum mismatch: the upload has SHA-256 "
+                                f"{digest.hexdigest()}, the client announced "
+                                f"{expected_sha256.lower()}")
+        text, checked["compressed"] = _peek(bytes(head))
+        checked["kind"] = _sniff(filename, kind, text)
 
     ref = blobs.put(tee(), max_bytes=max_bytes)
-    if ref.size == 0:
-        raise GenomicsError(f"{filename}: the file is empty")
-    if expected_sha256 and expected_sha256.lower() != ref.sha256:
-        raise GenomicsError(f"{filename}: checksum mismatch: the upload has SHA-256 {ref.sha256}"
-                            f", the client announced {expected_sha256.lower()}")
-    text, compressed = _peek(bytes(head))
-    resolved = _sniff(filename, kind, text)
+    resolved, compressed = checked["kind"], checked["compressed"]
     record = GenomicsFile(org_id=org_id, sample_id=sample_id, kind=resolved,
                           filename=filename, sha256=ref.sha256, size=ref.size,
                           compressed=compressed, created_by=created_by)
@@ -251,25 +269,45 @@ def list_samples(session: Session, *, org_id: str, patient_id: str | None = None
 
 
 def create_reference(session: Session, blobs: BlobStore, *, org_id: str, name: str,
-                     file_id: str, description: str = "", created_by: str | None = None
-                     ) -> GenomicsReference:
-    """Register an uploaded FASTA as a reference, after checking it line by line."""
+                     file_id: str, description: str = "", created_by: str | None = None,
+                     data_dir: str | Path | None = None) -> GenomicsReference:
+    """Register an uploaded FASTA as a reference.
+
+    A small FASTA (up to :data:`INLINE_CHECK_BYTES`) is checked line by line at once; a larger
+    one (a human genome is gigabytes) is registered as ``checking`` and a job checks and
+    indexes it, filling in its contigs, so no request reads a whole genome. ``data_dir`` is the
+    submitting server's data directory, carried by that job (see :func:`submit_run`).
+    """
     record = get_file(session, file_id, org_id=org_id)
     if record.kind != FileKind.fasta:
         raise GenomicsError(f"file {file_id} is {record.kind}, not FASTA")
     if session.scalar(select(GenomicsReference.id).where(GenomicsReference.org_id == org_id,
                                                          GenomicsReference.name == name)):
         raise GenomicsError(f"a reference named {name!r} already exists")
-    try:
-        with blob_file(blobs, record.sha256) as fasta:
-            contigs = validate_fasta(fasta, record.filename)
-    except ReferenceError as exc:
-        raise GenomicsError(str(exc)) from exc
     reference = GenomicsReference(org_id=org_id, name=name, description=description,
-                                  file_id=record.id, sha256=record.sha256,
-                                  contigs=[[c, n] for c, n in contigs],
-                                  length=sum(n for _, n in contigs), created_by=created_by)
+                                  file_id=record.id, sha256=record.sha256, contigs=[],
+                                  length=0, created_by=created_by)
+    if record.size <= INLINE_CHECK_BYTES:
+        try:
+            with blob_file(blobs, record.sha256) as fasta:
+                contigs = validate_fasta(fasta, record.filename)
+        except ReferenceError as exc:
+            raise GenomicsError(str(exc)) from exc
+        reference.contigs = [[c, n] for c, n in contigs]
+        reference.length = sum(n for _, n in contigs)
+        session.add(reference)
+        session.flush()
+        return reference
+    reference.status = "checking"
     session.add(reference)
+    session.flush()
+    args: dict[str, Any] = {"reference_id": reference.id}
+    if data_dir is not None:
+        args["data_dir"] = str(data_dir)
+    job = jobs.submit(session, CHECK_REFERENCE_TASK, args, org_id=org_id,
+                      created_by=created_by, title=f"Genomics reference check: {name}",
+                      max_attempts=3)
+    reference.job_id = job.id
     session.flush()
     return reference
 
@@ -319,6 +357,11 @@ def submit_run(session: Session, *, org_id: str, sample_id: str, reference_id: s
     """
     sample = get_sample(session, sample_id, org_id=org_id)
     reference = get_reference(session, reference_id, org_id=org_id)
+    if reference.status == "failed":
+        raise GenomicsError(f"the reference {reference.name!r} failed its check: "
+                            f"{reference.error}")
+    # A reference still being checked may be used: the run checks and indexes it itself
+    # (one index per reference, built under a lock, whichever job gets there first).
     if len(fastq_ids) != 2:
         raise GenomicsError("a run needs exactly two FASTQ files (read 1 and read 2)")
     for fid in fastq_ids:

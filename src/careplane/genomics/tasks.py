@@ -24,7 +24,7 @@ from careplane.genomics.pipeline import (
 )
 from careplane.platform.jobs import JobContext, JobFailed
 
-__all__ = ["pipeline", "run"]
+__all__ = ["check_reference", "pipeline", "run"]
 
 
 def pipeline(ctx: JobContext) -> dict[str, Any]:
@@ -53,21 +53,71 @@ def _summary(document: dict[str, Any]) -> dict[str, Any]:
             "indels": variants.get("indels"), "ti_tv": variants.get("ti_tv")}
 
 
+def _environment(ctx: JobContext) -> tuple[Any, Any, Any]:
+    """Settings, database and blob store of a worker, for a job of a server.
+
+    The worker's own configuration (CAREPLANE_*), anchored to the submitting server's data
+    directory (see service.submit_run).
+    """
+    from careplane.platform.db import Database
+    from careplane.security.encryption import blob_store_for
+    from careplane.settings import load_settings
+
+    data_dir = ctx.args.get("data_dir")
+    settings = load_settings(data_dir=data_dir) if data_dir else load_settings()
+    return settings, Database(settings.db_url), blob_store_for(settings)
+
+
+def check_reference(ctx: JobContext) -> dict[str, Any]:
+    """Check a large reference FASTA line by line and build its indexes (once, reused by every
+    run); the reference becomes ``ready`` with its contigs, or ``failed`` with the reason."""
+    from careplane.genomics import service
+    from careplane.genomics.models import GenomicsFile, GenomicsReference
+    from careplane.genomics.reference import ReferenceError, prepare_reference
+
+    settings, db, blobs = _environment(ctx)
+    reference_id = ctx.args["reference_id"]
+    try:
+        with db.session() as session:
+            row = session.get(GenomicsReference, reference_id)
+            if row is None:
+                raise JobFailed(f"genomics reference {reference_id} no longer exists")
+            source = session.get(GenomicsFile, row.file_id)
+            shown = f"{row.name} ({source.filename if source else row.sha256})"
+            sha256 = row.sha256
+        index_dir = settings.data_dir / "genomics" / "references" / sha256
+        ctx.progress(0, 2, "copying the FASTA")
+        fasta = service.plain_copy(blobs, sha256, index_dir / "source")
+        ctx.progress(1, 2, "checking and indexing the FASTA")
+        try:
+            ref = prepare_reference(fasta, index_dir, shown)
+            status, error = "ready", None
+        except ReferenceError as exc:
+            status, error = "failed", str(exc)
+            shutil.rmtree(index_dir, ignore_errors=True)  # no copy of a refused FASTA is kept
+        with db.session() as session:
+            row = session.get(GenomicsReference, reference_id)
+            if row is None:
+                raise JobFailed(f"genomics reference {reference_id} no longer exists")
+            row.status, row.error = status, error
+            if error is None:
+                row.contigs = [[c, n] for c, n in ref.contigs]
+                row.length = ref.length
+        if error is not None:
+            raise JobFailed(error)
+        return {"reference_id": reference_id, "contigs": len(ref.contigs),
+                "length": ref.length}
+    finally:
+        db.dispose()
+
+
 def run(ctx: JobContext) -> dict[str, Any]:
     """Run a registered :class:`~careplane.genomics.models.GenomicsRun` and publish it."""
     from careplane.genomics import service
     from careplane.genomics.models import GenomicsFile, GenomicsReference, GenomicsSample
     from careplane.genomics.variants import VariantStore
-    from careplane.platform.db import Database
-    from careplane.security.encryption import blob_store_for
-    from careplane.settings import load_settings
 
-    # The worker's own configuration (CAREPLANE_*), anchored to the submitting server's data
-    # directory: see service.submit_run.
-    data_dir = ctx.args.get("data_dir")
-    settings = load_settings(data_dir=data_dir) if data_dir else load_settings()
-    db = Database(settings.db_url)
-    blobs = blob_store_for(settings)
+    settings, db, blobs = _environment(ctx)
     run_id = ctx.args["run_id"]
     work_dir = settings.data_dir / "genomics" / "work" / run_id
     # Blobs are encrypted at rest; the tools read plaintext files. The reads get decrypted
@@ -97,6 +147,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
                     sample=sample.name, fastq1=fastq[0][0], fastq2=fastq[1][0],
                     reference=fasta, index_dir=str(index_dir),
                     work_dir=str(work_dir), threads=run_row.threads, aligner=run_row.aligner,
+                    executor=settings.genomics_executor, ray_address=settings.ray_address,
                     **{k: v for k, v in run_row.params.items()
                        if k in ("chunk_pairs", "min_qual", "min_mapped_fraction")},
                     names={fastq[0][0]: fastq[0][1], fastq[1][0]: fastq[1][1],
