@@ -11,7 +11,10 @@ the server named by ``CAREPLANE_TEST_POSTGRES_URL``, default ``postgres@127.0.0.
 
 * single creates/s: sequential ``POST /fhir/Patient``;
 * bundle ingest resources/s: the synthetic population as transactions (``Prefer:
-  return=minimal``);
+  return=minimal``), one per patient; with ``--http-patients K`` only the first K patients
+  go over HTTP (and are timed as such) and the rest are loaded in-process through the same
+  bundle code (``careplane synth --load``'s path), timed apart, so that populations of
+  tens of thousands of patients can be built;
 * read p50/p95: ``GET /fhir/<type>/<id>`` of random stored resources;
 * search p50/p95 for each of a set of common clinical queries, and over all of them;
 * ``Patient/$everything`` p50.
@@ -36,16 +39,16 @@ from typing import Any
 
 import orjson
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import make_url
 
 from careplane.app import create_app
 from careplane.platform.db import Database, migrate
 from careplane.records.maintenance import analyze
 from careplane.records.store import current_row
-from careplane.records.synth import generate
+from careplane.records.synth import generate, load_bundles
 from careplane.security import Role
-from careplane.security.identity import create_org, create_user, issue_token
+from careplane.security.identity import create_org, create_user, issue_token, resolve_token
 from careplane.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -127,9 +130,10 @@ def queries(patients: list[str], rng: random.Random) -> dict[str, Callable[[], s
     }
 
 
-def run(kind: str, n_patients: int, seed: int, reads: int, searches: int
-        ) -> dict[str, Any]:
+def run(kind: str, n_patients: int, seed: int, reads: int, searches: int,
+        http_patients: int | None = None) -> dict[str, Any]:
     rng = random.Random(seed)
+    over_http = n_patients if http_patients is None else min(http_patients, n_patients)
     with tempfile.TemporaryDirectory() as tmpdir, database(kind, Path(tmpdir)) as url:
         db = Database(url)
         migrate(db)
@@ -141,7 +145,7 @@ def run(kind: str, n_patients: int, seed: int, reads: int, searches: int
                             job_workers=0, log_json=False, log_level="WARNING")
         headers = {"Authorization": f"Bearer {token}", "Accept": JSON,
                    "Content-Type": JSON}
-        out: dict[str, Any] = {"database": kind}
+        out: dict[str, Any] = {"database": kind, "load_average": os.getloadavg()[0]}
         with TestClient(create_app(settings)) as client:
             def post(path: str, body: Any, prefer: str = "return=representation") -> Any:
                 r = client.post(f"/fhir/{path}", content=orjson.dumps(body),
@@ -156,20 +160,37 @@ def run(kind: str, n_patients: int, seed: int, reads: int, searches: int
                 post("Patient", {"resourceType": "Patient", "name": [{"family": f"Solo{i}"}]})
             out["creates_per_s"] = n_creates / (time.perf_counter() - started)
 
-            # bundle ingest
-            bundles = list(generate(n_patients, seed, start=TODAY))
+            # bundle ingest: the first patients over HTTP, the rest through the bulk path
+            population = generate(n_patients, seed, start=TODAY)
+            bundles = [next(population) for _ in range(over_http)]
             total = sum(len(b["entry"]) for b in bundles)
-            stored: list[tuple[str, str]] = []
             started = time.perf_counter()
             for b in bundles:
-                resp = post("", b, prefer="return=minimal")
-                stored += [tuple(e["response"]["location"].split("/fhir/", 1)[1]
-                                 .split("/")[:2]) for e in resp["entry"]
-                           if "location" in e["response"]]
+                post("", b, prefer="return=minimal")
             elapsed = time.perf_counter() - started
+            del bundles
             out["ingest_resources"] = total
             out["ingest_per_s"] = total / elapsed
-            patients = [i for t, i in stored if t == "Patient"]
+            if over_http < n_patients:
+                with db.session() as s:
+                    principal = resolve_token(s, token, kind="bearer")
+                assert principal is not None
+                started = time.perf_counter()
+                loaded = load_bundles(db, principal, population, base="http://bench/fhir")
+                elapsed = time.perf_counter() - started
+                out["bulk_resources"] = sum(loaded.values())
+                out["bulk_per_s"] = out["bulk_resources"] / elapsed
+            with db.session() as s:
+                patients = list(s.scalars(text(
+                    "SELECT id FROM fhir_resource WHERE resource_type = 'Patient' "
+                    "AND id NOT IN (SELECT id FROM fhir_resource WHERE resource_type = "
+                    "'Patient' ORDER BY pk LIMIT :n)"), {"n": n_creates}))
+                top = s.scalar(text("SELECT max(pk) FROM fhir_resource"))
+                out["resources"] = s.scalar(text("SELECT count(*) FROM fhir_resource"))
+                picks = sorted({rng.randint(1, top) for _ in range(reads * 2)})
+                stored = [(r.resource_type, r.id) for r in s.execute(
+                    text("SELECT resource_type, id FROM fhir_resource WHERE pk IN :pks")
+                    .bindparams(bindparam("pks", expanding=True)), {"pks": picks})]
             out["patients"] = len(patients)
 
             # the planner's statistics, as autovacuum would have them a minute after a load
@@ -208,19 +229,30 @@ def run(kind: str, n_patients: int, seed: int, reads: int, searches: int
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     cols = [r["database"] for r in results]
+    first = results[0]
+    http = (f"the first {args.http_patients} patients' bundles over HTTP, the rest through "
+            "the in-process bulk path (`careplane synth --load`)"
+            if args.http_patients is not None and args.http_patients < args.patients
+            else "every bundle over HTTP")
     lines = [
-        f"Population: `careplane synth` seed {args.seed}, {results[0]['patients']} patients, "
-        f"{results[0]['ingest_resources']:,} resources; {args.reads} reads, "
-        f"{args.searches} runs per search; Python {platform.python_version()}, "
-        f"{os.cpu_count()} cores. Through the HTTP API in-process (authentication, access "
-        "decision and audit record included).",
+        f"Population: `careplane synth` seed {args.seed}, {first['patients']:,} patients, "
+        f"{first['resources']:,} resources, one transaction bundle per patient ({http}); "
+        f"{args.reads} reads, {args.searches} runs per search; Python "
+        f"{platform.python_version()}, {os.cpu_count()} cores shared with other work (load "
+        "average at the start of each database's run: "
+        + ", ".join(f"{r['database']} {r['load_average']:.1f}" for r in results)
+        + "). Through the HTTP API in-process (authentication, access decision and audit "
+        "record included).",
         "",
         "| figure | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
         "| single creates/s | " + " | ".join(f"{r['creates_per_s']:.0f}" for r in results)
         + " |",
-        "| transaction-bundle ingest, resources/s | "
+        "| transaction-bundle ingest over HTTP, resources/s | "
         + " | ".join(f"{r['ingest_per_s']:.0f}" for r in results) + " |",
+        *(["| bulk load (same bundle code, no HTTP), resources/s | "
+           + " | ".join(f"{r['bulk_per_s']:.0f}" for r in results) + " |"]
+          if all("bulk_per_s" in r for r in results) else []),
         "| read p50 / p95, ms | " + " | ".join(f"{r['read_p50']:.1f} / {r['read_p95']:.1f}"
                                              for r in results) + " |",
         "| of which the store (row + JSON, no HTTP, access check or audit) p50, ms | "
@@ -270,12 +302,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--reads", type=int, default=500)
     parser.add_argument("--searches", type=int, default=20)
+    parser.add_argument("--http-patients", type=int, default=None,
+                        help="ingest only this many patients over HTTP, the rest in bulk")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
     results = []
     for kind in args.databases.split(","):
-        result = run(kind, args.patients, args.seed, args.reads, args.searches)
+        result = run(kind, args.patients, args.seed, args.reads, args.searches,
+                     args.http_patients)
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), flush=True)
         results.append(result)
     section = render(results, args)
@@ -283,7 +318,9 @@ def main() -> None:
     if args.update_docs:
         command = ("python bench/records_bench.py --patients "
                    f"{args.patients} --seed {args.seed} --reads {args.reads} "
-                   f"--searches {args.searches} --update-docs")
+                   f"--searches {args.searches} --databases {args.databases}"
+                   + (f" --http-patients {args.http_patients}" if args.http_patients else "")
+                   + " --update-docs")
         update_docs(section, command)
 
 

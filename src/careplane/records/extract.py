@@ -276,16 +276,25 @@ def _flatten(values: Iterable[Any]) -> Iterator[Any]:
 def _run(route: _Route, resource: dict[str, Any]) -> list[Node]:
     items: list[Any] = [resource]
     for op in route.ops:
-        if isinstance(op, _Get):
+        if op.__class__ is _Get:
             key = op.key
-            items = list(_flatten(i.get(key) for i in items if isinstance(i, dict)))
-        elif isinstance(op, _Filter):
+            found: list[Any] = []
+            for item in items:
+                if isinstance(item, dict):
+                    value = item.get(key)
+                    if value.__class__ is list:
+                        found.extend(v for v in value if v is not None)
+                    elif value is not None:
+                        found.append(value)
+            items = found
+        elif op.__class__ is _Filter:
             items = [i for i in items if op.test(i)]
         else:
             items = items[:1]
         if not items:
             return []
-    return [Node(i, route.type) for i in items]
+    kind = route.type
+    return [Node(i, kind) for i in items]
 
 
 def _route_extractor(routes: list[_Route]) -> Extractor:
@@ -337,6 +346,24 @@ def compile_composite(expression: str, resource_type: str, components: tuple[str
         return out
 
     return extract
+
+
+@cache
+def first_keys(expression: str, resource_type: str) -> frozenset[str] | None:
+    """The top-level elements ``expression`` starts from on a ``resource_type`` resource:
+    where a resource has none of them the expression selects nothing. None where that is
+    not known (an expression evaluated by fhirpathpy, or one not starting with an element)."""
+    try:
+        routes = [r for member in split_union(expression)
+                  for r in _compile_member(member, resource_type)]
+    except _Unsupported:
+        return None
+    keys = set()
+    for route in routes:
+        if not route.ops or not isinstance(route.ops[0], _Get):
+            return None
+        keys.add(route.ops[0].key)
+    return frozenset(keys)
 
 
 @cache

@@ -21,7 +21,13 @@ from functools import cache
 from typing import Any
 
 from careplane.records.errors import FhirError
-from careplane.records.extract import Extractor, Node, compile_composite, compile_expression
+from careplane.records.extract import (
+    Extractor,
+    Node,
+    compile_composite,
+    compile_expression,
+    first_keys,
+)
 from careplane.records.spec import (
     COMPARTMENTS,
     SearchParam,
@@ -89,6 +95,14 @@ def indexed_params(resource_type: str) -> tuple[tuple[SearchParam, Extractor], .
             continue
         out.append((param, compile_expression(param.expression, resource_type)))
     return tuple(out)
+
+
+@cache
+def _indexing_plan(resource_type: str
+                   ) -> tuple[tuple[SearchParam, Extractor, frozenset[str] | None], ...]:
+    """``indexed_params`` with the top-level elements each one reads (to skip the absent)."""
+    return tuple((param, extract, first_keys(param.expression, resource_type))
+                 for param, extract in indexed_params(resource_type))
 
 
 CompositeExtractor = Callable[[dict[str, Any]], list[tuple[list[Node], ...]]]
@@ -349,7 +363,9 @@ def index_resource(resource: dict[str, Any]) -> IndexRows:
     rtype = resource["resourceType"]
     out = IndexRows()
     refs_by_param: dict[str, list[tuple[str | None, str | None]]] = {}
-    for param, extract in indexed_params(rtype):
+    for param, extract, keys in _indexing_plan(rtype):
+        if keys is not None and keys.isdisjoint(resource):
+            continue
         nodes = extract(resource)
         if not nodes:
             continue

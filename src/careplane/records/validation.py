@@ -11,6 +11,15 @@ family, SubstanceSpecification, Evidence, EvidenceVariable) have no model to che
 they get the structural checks only (a JSON object, a known type, a valid id), and the indexer
 still refuses values it cannot read, such as an impossible date.
 
+Building the models is the costly part of a write (about half a millisecond per resource), so
+each resource is first walked by a structure check compiled once per model class from the
+models' own field descriptions: the element names, which repeat, which are complex (checked
+recursively) or primitive (checked by the very pydantic type the model uses, cached by value),
+which are required, and which choice elements exclude each other. It only ever says "valid";
+on anything it is not sure of (an unknown or ``_name`` key, a null, a type it does not handle)
+the resource goes through the full models, which decide and name the path. So the structure
+check accepts nothing the models would refuse, and a refusal reads the same either way.
+
 One gap of the library is bridged: the JSON form of FHIR lets any primitive carry its id and
 extensions in a sibling ``_name`` object, but fhir.resources refuses ``_valueString`` and its
 kind inside ``Extension``. Such a key is accepted when it holds what the rule allows (an
@@ -20,10 +29,11 @@ object, or for repeating elements an array of objects and nulls), and nothing el
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
 from careplane.records.errors import FhirError, Issue
 from careplane.records.spec import resource_types
@@ -103,6 +113,8 @@ def validate_resource(data: Any, expected: str | None = None) -> str:
     model = model_for(rtype)
     if model is None or rtype in _REBUILT_IN_R4B:
         return rtype
+    if _surely_valid(model, data):
+        return rtype
     try:
         model.model_validate(data)
     except ValidationError as exc:
@@ -116,6 +128,160 @@ def validate_resource(data: Any, expected: str | None = None) -> str:
             issues.append(Issue("invalid" if err.get("type") != "missing" else "required",
                                 f"{path}: {message}", expression=(path,)))
         raise FhirError(422, issues) from None
-    except (ValueError, TypeError) as exc:  # a model's own check that is not pydantic's
+    except (ValueError, TypeError, AttributeError) as exc:  # a model's own check
         raise FhirError.of(422, "invalid", f"{rtype}: {exc}") from None
     return rtype
+
+
+# -- the compiled structure check -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Element:
+    """How one JSON key of a model is checked."""
+
+    repeats: bool
+    primitive: TypeAdapter[Any] | None  # a primitive's pydantic type
+    model: type[BaseModel] | None       # a complex type's model
+    any_resource: bool = False          # a Resource: the model comes from its resourceType
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    resource_type: str | None  # set on resources, whose JSON names their type
+    elements: dict[str, _Element]
+    required: tuple[str, ...]
+    choices: tuple[tuple[tuple[str, ...], bool], ...]  # (JSON keys, one required)
+
+
+_PRIMITIVE_OK: dict[tuple[int, type, Any], bool] = {}
+_PRIMITIVE_CACHE_MAX = 200_000
+
+
+def _unwrap(annotation: Any) -> tuple[bool, Any]:
+    """(repeats, item annotation) of a field annotation: Optional and List taken off."""
+    repeats = False
+    while True:
+        origin = get_origin(annotation)
+        if origin is Union or (origin is not None and type(annotation).__name__ == "UnionType"):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return repeats, None
+            annotation = args[0]
+        elif origin is list:
+            if repeats:
+                return repeats, None
+            repeats = True
+            annotation = get_args(annotation)[0]
+        else:
+            return repeats, annotation
+
+
+@cache
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation)
+
+
+@cache
+def _shape(model: type[BaseModel]) -> _Shape | None:
+    """The compiled check of ``model``, or None where its fields are not all understood."""
+    elements: dict[str, _Element] = {}
+    by_name: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        by_name[name] = key
+        if name.endswith("__ext") or key == "fhir_comments":
+            continue  # ``_name`` keys and comments go to the models
+        repeats, item = _unwrap(info.annotation)
+        if item is None:
+            return None
+        klass = getattr(item, "get_model_klass", None)
+        if klass is not None:
+            sub = klass()
+            resource_base = sub.__name__ in ("Resource", "DomainResource")
+            elements[key] = _Element(repeats, None, None if resource_base else sub,
+                                     any_resource=resource_base)
+        else:
+            try:
+                elements[key] = _Element(repeats, _adapter(item), None)
+            except (TypeError, ValueError, PydanticUserError):
+                return None
+    rtype = getattr(model, "__resource_type__", None)
+    is_resource = getattr(model, "has_resource_base", None)
+    fhir_model: Any = model  # the FHIR models' own lists (methods that ignore self)
+    try:
+        required = tuple(by_name[n] for n, _ in fhir_model.get_required_fields(None))
+        choices = tuple(
+            (tuple(by_name[f] for f in fields), _one_required(model, fields[0]))
+            for fields in fhir_model.get_one_of_many_fields(None).values())
+    except (AttributeError, KeyError, TypeError):
+        return None
+    required += tuple(by_name[n] for n, info in model.model_fields.items()
+                      if info.is_required() and by_name[n] not in required)
+    return _Shape(rtype if is_resource is not None and is_resource() else None, elements,
+                  required, choices)
+
+
+def _one_required(model: type[BaseModel], name: str) -> bool:
+    extra = model.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and extra.get("one_of_many_required") is True
+
+
+def _surely_valid(model: type[BaseModel], data: Any) -> bool:
+    """True only where the models would accept ``data`` (False: let them decide)."""
+    if not isinstance(data, dict):
+        return False
+    shape = _shape(model)
+    if shape is None:
+        return False
+    elements = shape.elements
+    for key, value in data.items():
+        if value is None:
+            return False
+        element = elements.get(key)
+        if element is None:
+            if key == "resourceType" and shape.resource_type is not None \
+                    and value == shape.resource_type:
+                continue
+            return False
+        if element.repeats:
+            if not isinstance(value, list) or not value:
+                return False
+            for item in value:
+                if item is None or not _item_valid(element, item):
+                    return False
+        elif isinstance(value, list) or not _item_valid(element, value):
+            return False
+    for key in shape.required:
+        if key not in data:
+            return False
+    for keys, needed in shape.choices:
+        present = sum(1 for k in keys if k in data)
+        if present > 1 or (needed and present == 0):
+            return False
+    return True
+
+
+def _item_valid(element: _Element, value: Any) -> bool:
+    if element.primitive is not None:
+        if isinstance(value, (dict, list)):
+            return False
+        key = (id(element.primitive), type(value), value)
+        known = _PRIMITIVE_OK.get(key)
+        if known is None:
+            try:
+                element.primitive.validate_python(value)
+                known = True
+            except (ValidationError, ValueError, TypeError, AttributeError):
+                known = False
+            if len(_PRIMITIVE_OK) >= _PRIMITIVE_CACHE_MAX:
+                _PRIMITIVE_OK.clear()
+            _PRIMITIVE_OK[key] = known
+        return known
+    if element.any_resource:
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str) \
+                or value["resourceType"] in _REBUILT_IN_R4B:
+            return False
+        sub = model_for(value["resourceType"])
+        return sub is not None and _surely_valid(sub, value)
+    assert element.model is not None
+    return isinstance(value, dict) and _surely_valid(element.model, value)
