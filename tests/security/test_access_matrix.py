@@ -178,7 +178,7 @@ def test_access_matrix(client: TestClient, accounts: Accounts, db: Database) -> 
 def test_other_organisation_is_invisible_even_by_id(client: TestClient, accounts: Accounts,
                                                     role: Role) -> None:
     """Each kind of id-addressed route refuses (403/404) another organisation's object."""
-    me = accounts.make("me", role, org="org-a")
+    me = accounts.make("member", role, org="org-a")
     them = accounts.make("them", Role.admin, org="org-b")
     pid = client.post("/fhir/Patient", headers=them.headers,
                       json={"resourceType": "Patient"}).json()["id"]

@@ -37,7 +37,7 @@ def orgs(db: Database) -> dict[str, str]:
     with db.session() as session:
         a = create_org(session, "org-a", "A")
         b = create_org(session, "org-b", "B")
-        create_user(session, "dr-b", "password-b1", org=b, roles=[Role.clinician])
+        create_user(session, "dr-b", "password-dr-b1", org=b, roles=[Role.clinician])
         return {"a": a.id, "b": b.id}
 
 

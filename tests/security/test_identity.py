@@ -55,12 +55,15 @@ def test_password_is_stored_as_argon2id_and_checked(db: Database,
 def test_weak_inputs_are_refused(db: Database) -> None:
     with db.session() as session:
         org = create_org(session, "org-a", "Org A")
-        with pytest.raises(IdentityError, match="at least 8"):
+        with pytest.raises(IdentityError, match="at least 12 characters"):
             create_user(session, "bob", "short", org=org, roles=[Role.clinician])
+        with pytest.raises(IdentityError, match=r"at least 12 characters long \(this one has 11\)"):
+            create_user(session, "bob", "elevenchars", org=org, roles=[Role.clinician])
         with pytest.raises(IdentityError, match="without spaces"):
-            create_user(session, "bo b", "long-enough", org=org, roles=[Role.clinician])
+            create_user(session, "bo b", "long-enough-now", org=org, roles=[Role.clinician])
         with pytest.raises(IdentityError, match="at least one role"):
-            create_user(session, "bob", "long-enough", org=org, roles=[])
+            create_user(session, "bob", "long-enough-now", org=org, roles=[])
+        assert create_user(session, "bob", "twelve chars", org=org, roles=[Role.clinician])
 
 
 def test_account_locks_after_repeated_failures_and_unlocks_later(db: Database) -> None:

@@ -16,10 +16,11 @@ from careplane.platform.db import utcnow
 from careplane.security._principal import Principal, Role
 from careplane.security.models import AuthToken, Membership, Organisation, User
 from careplane.security.oauth_models import UserPatient
-from careplane.security.passwords import hash_password, verify_password
+from careplane.security.passwords import hash_password, password_problem, verify_password
 from careplane.security.totp import is_enrolled, verify_code
 
 __all__ = ["IdentityError", "IssuedToken", "LoginResult", "add_membership", "authenticate",
+           "change_password",
            "check_login", "create_org", "create_user", "issue_token", "link_patient",
            "resolve_token", "revoke_token"]
 
@@ -66,8 +67,9 @@ def create_user(session: Session, username: str, password: str, *, org: Organisa
                 roles: list[Role], full_name: str = "", email: str | None = None) -> User:
     if not username or len(username) > 150 or not username.isprintable() or " " in username:
         raise IdentityError("username must be 1-150 printable characters without spaces")
-    if len(password) < 8:
-        raise IdentityError("password must be at least 8 characters")
+    problem = password_problem(password, username=username)
+    if problem is not None:
+        raise IdentityError(problem)
     if not roles:
         raise IdentityError("a user needs at least one role")
     if session.scalar(select(User).where(User.username == username)):
@@ -79,6 +81,20 @@ def create_user(session: Session, username: str, password: str, *, org: Organisa
     for role in roles:
         add_membership(session, user, org, role)
     return user
+
+
+def change_password(session: Session, user: User, current: str, new: str) -> None:
+    """Replace a user's password: the current one must be right and the new one must meet
+    the password policy (:mod:`careplane.security.passwords`) and differ from it."""
+    if not verify_password(current, user.password_hash)[0]:
+        raise IdentityError("the current password is wrong")
+    problem = password_problem(new, username=user.username)
+    if problem is not None:
+        raise IdentityError(problem)
+    if new == current:
+        raise IdentityError("the new password must differ from the current one")
+    user.password_hash = hash_password(new)
+    session.flush()
 
 
 def add_membership(session: Session, user: User, org: Organisation, role: Role) -> Membership:

@@ -16,7 +16,13 @@ from sqlalchemy.orm import Session
 from careplane.deps import PlatformDep
 from careplane.security._principal import Principal
 from careplane.security.deps import current_principal
-from careplane.security.identity import check_login, issue_token, revoke_token
+from careplane.security.identity import (
+    IdentityError,
+    change_password,
+    check_login,
+    issue_token,
+    revoke_token,
+)
 from careplane.security.models import User
 from careplane.security.totp import TotpError, begin_enrolment, confirm_enrolment, disable
 
@@ -132,3 +138,27 @@ def totp_disable(body: TotpCode, principal: Annotated[Principal, Depends(current
             disable(session, _user(session, principal), body.code, platform.settings.secret_key)
         except TotpError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(min_length=1, max_length=1000)
+    new_password: str = Field(min_length=1, max_length=1000,
+                              description="at least 12 characters; a passphrase is best")
+
+
+@router.post("/password", status_code=204)
+def password_change(body: PasswordChange,
+                    principal: Annotated[Principal, Depends(current_principal)],
+                    platform: PlatformDep) -> None:
+    """Change your own password (the current one proves it is really you)."""
+    with platform.session() as session:
+        user = session.get(User, principal.user_id)
+        if user is None or principal.client_id is not None:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                "only a signed-in person has a password")
+        try:
+            change_password(session, user, body.current_password, body.new_password)
+        except IdentityError as exc:
+            wrong = "current password" in str(exc)
+            raise HTTPException(status.HTTP_403_FORBIDDEN if wrong
+                                else status.HTTP_400_BAD_REQUEST, str(exc)) from None
