@@ -249,6 +249,7 @@ def test_a_full_queue_fails_closed_when_the_database_is_down(tmp_path: Path) -> 
 
 
 def test_a_full_queue_answers_503_over_http(settings: Settings, accounts: Accounts,
+                                            db: Database,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     nurse = accounts.make("nurse")
     app = create_app(settings)
@@ -259,7 +260,8 @@ def test_a_full_queue_answers_503_over_http(settings: Settings, accounts: Accoun
     with TestClient(app) as client:
         monkeypatch.setattr(AuditWriter, "reserve", refuse)
         r = client.get("/fhir/Patient?name=x", headers=nurse.headers)
-        assert r.status_code == 503, r.text
+        # SQLite records the read in the request's own transaction: no queue to be full.
+        assert r.status_code == (503 if db.is_postgresql else 200), r.text
         monkeypatch.undo()
         assert client.get("/fhir/Patient?name=x", headers=nurse.headers).status_code == 200
 

@@ -14,11 +14,11 @@ Two ways in, one chain:
   the record goes to this process's :class:`AuditWriter`, which appends what has gathered
   in one transaction (group commit, the chain computed under the chain lock) at most
   ``delay`` seconds later (50 ms by default, ``CAREPLANE_AUDIT_DELAY_MS``). This is the
-  asynchronous delivery IHE ATNA describes for audit messages. On SQLite (one writer at a
-  time, and a commit that slips between another transaction's read and write voids that
-  transaction) there is no thread: the records are written right after the request's commit,
-  in the request's thread, grouped with whatever else is queued; they are then durable
-  before the response leaves.
+  asynchronous delivery IHE ATNA describes for audit messages. On SQLite a read's record
+  is written in the request's transaction, as a change's is: SQLite's WAL commit does not
+  wait for the disk, so there is little to save, and a writer committing on its own would
+  void other transactions' snapshots (SQLite has one writer at a time, and a commit that
+  slips between a transaction's read and its write makes that write fail).
 
   Durability window on PostgreSQL, stated plainly: a read's record is on disk up to
   ``delay`` (plus one commit) after the response has gone out. A clean shutdown (end of the
@@ -120,8 +120,14 @@ def _digest(row: AuditRecord, prev_hash: str) -> str:
 
 def _lock_chain(session: Session) -> None:
     """Serialise appends so that two transactions never chain onto the same predecessor."""
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(7350001)"))
+    elif dialect == "sqlite":
+        # Take SQLite's write lock (waiting for it, up to the busy timeout) before reading
+        # the chain's head: a transaction that has only read so far would otherwise fail at
+        # its first write if another connection committed in between.
+        session.execute(text("UPDATE audit_record SET id = id WHERE 0"))
 
 
 def _row(principal: Principal | None, action: str, target: Target, outcome: Outcome,
@@ -176,6 +182,10 @@ def record_after_commit(session: Session, principal: Principal | None, action: s
     be. The commit fails with :class:`AuditUnavailable` (503) when the writer's queue stays
     full (its database is down).
     """
+    if session.get_bind().dialect.name == "sqlite":
+        record(session, principal, action, target, outcome=outcome, decision=decision,
+               source=source, detail=detail)
+        return
     row = _row(principal, action, target, outcome, decision, source, detail)
     session.info.setdefault(_PENDING, []).append(row)
 
@@ -235,9 +245,9 @@ class AuditWriter:
         self._failures = 0
         # SQLite: a commit by another connection between a transaction's first read and its
         # first write makes that transaction fail ("database is locked"), so a writer thread
-        # committing at its own pace would break the requests' writes. There the records are
-        # written right after the request's commit, in the request's thread (grouped with
-        # whatever else is queued); SQLite's WAL commit does not wait for the disk.
+        # committing at its own pace would break the requests' writes. A writer for SQLite
+        # (reads are normally recorded in their transaction there) writes in the thread that
+        # submits, right after its commit.
         self.inline = engine.dialect.name == "sqlite"
         self._thread: threading.Thread | None = None
         if not self.inline:
@@ -299,10 +309,6 @@ class AuditWriter:
         rows = [row for _, row in taken]
         try:
             with Session(bind=self.engine) as session:
-                if self.engine.dialect.name == "sqlite":
-                    # Take SQLite's write lock before reading the chain's head, so no other
-                    # writer can commit in between (that would void this snapshot).
-                    session.execute(text("UPDATE audit_record SET id = id WHERE 0"))
                 _append(session, rows)
                 session.commit()
         except BaseException:

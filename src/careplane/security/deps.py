@@ -28,7 +28,8 @@ from careplane.security.identity import resolve_token
 from careplane.security.issuer import issuer_url
 
 __all__ = ["BREAK_GLASS_HEADER", "CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE",
-           "PrincipalDep", "authenticate_request", "current_principal", "require_roles"]
+           "PrincipalDep", "authenticate_request", "current_principal", "require_roles",
+           "token_session"]
 
 SESSION_COOKIE = "careplane_session"
 CSRF_COOKIE = "careplane_csrf"
@@ -75,7 +76,7 @@ def _break_glass(request: Request, principal: Principal) -> Principal:
 
 
 @contextmanager
-def _token_session(platform: Platform) -> Iterator[Session]:
+def token_session(platform: Platform) -> Iterator[Session]:
     """Where a token is looked up: one indexed query and, at most once a minute, the token's
     last-use time. On PostgreSQL these run in autocommit, so authentication costs no BEGIN
     or COMMIT round trips of its own; on SQLite those cost nothing and the usual unit of work
@@ -102,11 +103,13 @@ def authenticate_request(request: Request, platform: PlatformDep,
                                 "invalid_request")
         if len(token) > 8192:
             raise _unauthorised("the bearer token is too long", "invalid_token")
-        with _token_session(platform) as session:
+        with token_session(platform) as session:
             if is_jwt(token):
+                external = getattr(request.app.state, "oidc_provider", None)  # security.oidc
                 try:
-                    principal: Principal | None = resolve_access_token(
-                        session, token, issuer=issuer_url(request))
+                    principal: Principal | None = external.resolve(session, token) \
+                        if external is not None and external.issued(token) \
+                        else resolve_access_token(session, token, issuer=issuer_url(request))
                 except TokenRejected as exc:
                     raise _unauthorised(str(exc), "invalid_token") from None
             else:
@@ -118,7 +121,7 @@ def authenticate_request(request: Request, platform: PlatformDep,
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
-    with _token_session(platform) as session:
+    with token_session(platform) as session:
         principal = resolve_token(session, cookie, kind="session")
     if principal is None:
         return None
