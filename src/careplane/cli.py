@@ -255,9 +255,11 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that
     # was installed before it; this one lets the cleanup below run instead of dying at once.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    # The app logs each request itself, by path only; uvicorn's access line would also log the
+    # query string, where OAuth codes and viewer tokens can travel.
     try:
         uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
-                    proxy_headers=True, forwarded_allow_ips="127.0.0.1", **tls)
+                    access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1", **tls)
     finally:
         if dimse:
             dimse.stop()
