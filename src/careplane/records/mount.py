@@ -1,12 +1,16 @@
 """Mount the FHIR R4 API at /fhir and the patient pages; register tables, nav and demo data."""
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session
 
 import careplane.records.models  # noqa: F401 - registers the fhir_ tables
 from careplane.demo import register_seeder
+from careplane.records import store
 from careplane.records.demo import seed_records
+from careplane.records.errors import FhirError
 from careplane.records.routes import FhirNotFound, router
 from careplane.security import Role
+from careplane.security.consent import ConsentError, sync_fhir
 from careplane.web.nav import NavItem, register
 
 register(NavItem("patients", "Patients", "/patients",
@@ -14,6 +18,25 @@ register(NavItem("patients", "Patients", "/patients",
                  roles=frozenset({Role.clinician, Role.radiologist, Role.psychiatrist,
                                   Role.counsellor, Role.admin, Role.patient})))
 register_seeder(seed_records)
+
+
+def _sync_consent(session: Session, write: store.Write) -> None:
+    """A Consent written through FHIR is the policy's rule from the same transaction on."""
+    try:
+        sync_fhir(session, org_id=write.org_id, rid=write.id, resource=write.content)
+    except ConsentError as exc:
+        raise FhirError.of(422, "processing", f"this Consent cannot be enforced: {exc}",
+                           expression="Consent") from None
+
+
+def _refuse_audit_event(session: Session, write: store.Write) -> None:
+    """The audit trail is written by the server alone (also not through a bundle)."""
+    raise FhirError.of(405, "not-supported", "AuditEvent is read-only: the server writes its "
+                       "audit trail itself", headers={"Allow": "GET"})
+
+
+store.on_write("Consent", _sync_consent)
+store.on_write("AuditEvent", _refuse_audit_event)
 
 
 def mount(app: FastAPI) -> None:

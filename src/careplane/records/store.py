@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,14 +44,17 @@ from careplane.records.values import format_instant
 from careplane.security import Principal
 
 __all__ = [
+    "WRITE_HOOKS",
     "StoredResource",
     "Write",
+    "WriteHook",
     "check_if_match",
     "create",
     "current_row",
     "current_rows",
     "delete_resource",
     "new_id",
+    "on_write",
     "patch",
     "persist",
     "prepare_create",
@@ -327,10 +330,26 @@ def patch(session: Session, principal: Principal, resource_type: str, rid: str,
 
 # -- persisting -----------------------------------------------------------------------------
 
+#: Per resource type, what must happen with each write of that type in the same transaction
+#: (a Consent becomes the policy's rules; an AuditEvent is refused). Registered by
+#: ``records.mount``; a hook that raises (a FhirError) fails the whole write.
+WriteHook = Callable[[Session, "Write"], None]
+WRITE_HOOKS: dict[str, list[WriteHook]] = {}
+
+
+def on_write(resource_type: str, hook: WriteHook) -> None:
+    """Call ``hook(session, write)`` for every write of ``resource_type`` before it is kept."""
+    WRITE_HOOKS.setdefault(resource_type, []).append(hook)
+
+
 def persist(session: Session, writes: Sequence[Write]) -> None:
     """Store ``writes`` with a bounded number of statements, all in the caller's transaction."""
     if not writes:
         return
+    if WRITE_HOOKS:
+        for w in writes:
+            for hook in WRITE_HOOKS.get(w.resource_type, ()):
+                hook(session, w)
     new = [w for w in writes if w.pk is None]
     fresh = {id(w) for w in new}
     if new:
@@ -369,7 +388,9 @@ def persist(session: Session, writes: Sequence[Write]) -> None:
         if w.index is None:
             continue
         for kind, kind_rows in w.index.rows.items():
-            rows.setdefault(kind, []).extend({**r, "resource_pk": w.pk} for r in kind_rows)
+            for r in kind_rows:  # the rows are this write's own: numbered in place
+                r["resource_pk"] = w.pk
+            rows.setdefault(kind, []).extend(kind_rows)
         compartments.extend({"resource_pk": w.pk, "resource_type": w.resource_type,
                              "compartment": c, "target_id": t}
                             for c, t in w.index.compartments)
@@ -422,11 +443,14 @@ def bulk_insert(session: Session, table: Table | FromClause, rows: Sequence[dict
     names = ", ".join(f'"{c.name}"' for c, _ in columns)
     raw = connection.connection.driver_connection
     assert raw is not None
+    keys = [c.name for c, _ in columns]
+    converted = [(c.name, convert) for c, convert in columns if convert is not None]
     with raw.cursor() as cursor, cursor.copy(
             f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row([convert(row.get(c.name)) if convert else row.get(c.name)
-                            for c, convert in columns])
+            if converted:
+                row = {**row, **{k: convert(row.get(k)) for k, convert in converted}}
+            copy.write_row([row.get(k) for k in keys])
 
 
 _COPY_COLUMNS: dict[str, list[tuple[Column[Any], Any]]] = {}

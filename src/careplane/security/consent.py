@@ -39,7 +39,8 @@ from careplane.security.models import Organisation, User
 from careplane.security.policy import ConsentRule
 
 __all__ = ["ConsentDirective", "ConsentError", "ConsentProvision", "Provision",
-           "deactivate_consent", "from_fhir", "list_consents", "record_consent", "rules_for"]
+           "deactivate_consent", "from_fhir", "list_consents", "record_consent", "rules_for",
+           "sync_fhir"]
 
 ENFORCED_SCOPES = frozenset({"patient-privacy", "research"})
 _ACTION_CODES: dict[str, frozenset[Action]] = {
@@ -360,3 +361,25 @@ def from_fhir(session: Session, org_id: str, resource: Mapping[str, Any], *,
     return record_consent(session, org_id=org_id, patient_id=str(patient_ref).split("/", 1)[1],
                           provision=provision, status=status, scope=scope,
                           source_ref=source_ref, created_by=created_by, warnings=warnings)
+
+
+def sync_fhir(session: Session, *, org_id: str, rid: str,
+              resource: Mapping[str, Any] | None) -> ConsentDirective | None:
+    """Make the enforced rules say what FHIR ``Consent/<rid>`` says now, in the caller's
+    transaction (the records store calls this with every Consent it writes).
+
+    A new or changed version is recorded (replacing the rules of the previous one); a deleted
+    one (``resource`` None) is withdrawn. A privacy or research Consent that cannot be enforced
+    raises :class:`ConsentError`, so the write fails rather than store a refusal nobody
+    enforces. A Consent of another scope (treatment, advance directive) is stored by FHIR
+    alone (and a version that leaves the privacy scope withdraws the rules).
+    """
+    source_ref = f"Consent/{rid}"
+    if resource is not None and {str(c.get("code")) for c in _codings(
+            resource.get("scope"))} & ENFORCED_SCOPES:
+        return from_fhir(session, org_id, {**resource, "id": rid})
+    directive = session.scalar(select(ConsentDirective).where(
+        ConsentDirective.org_id == org_id, ConsentDirective.source_ref == source_ref))
+    if directive is not None:
+        deactivate_consent(session, directive.id, org_id=org_id)
+    return None
