@@ -7,15 +7,10 @@ from typing import Any
 
 import pysam
 
-from careplane.genomics.calling import call_region, gather_calls
+from careplane.genomics.calling import MIN_ALT_FRACTION, MIN_ALT_READS, call_region, gather_calls
 from careplane.genomics.evaluate import evaluate_calls
 from careplane.genomics.regions import Region
 from careplane.genomics.simulate import SimulatedDataset
-
-
-def _filters(path: str) -> list[tuple[float, list[str]]]:
-    with pysam.VariantFile(path) as fh:
-        return [(r.qual or 0.0, list(r.filter)) for r in fh]
 
 
 def _records(path: str) -> list[tuple[Any, ...]]:
@@ -83,11 +78,23 @@ def test_gather_normalises_filters_and_indexes(
     out = gather_calls(parts, str(ref.fasta), str(tmp_path / "calls.vcf.gz"), min_qual=20)
     assert Path(out + ".tbi").exists()
     records = _records(out)
-    # A soft filter: low-QUAL calls stay, marked LowQual; the rest pass.
-    marks = _filters(out)
-    assert marks and all((f == ["LowQual"]) == (q < 20) for q, f in marks)
-    assert all(f in (["PASS"], ["LowQual"]) for _q, f in marks)
+    # A soft filter: calls under QUAL 20 whose allele has thin support stay, marked LowQual;
+    # the rest pass.
+    marks = _support(out)
+    assert marks and all(f in (["PASS"], ["LowQual"]) for *_x, f in marks)
+    for qual, alt_reads, depth, filters in marks:
+        thin = alt_reads < MIN_ALT_READS or alt_reads / depth < MIN_ALT_FRACTION
+        assert (filters == ["LowQual"]) == (qual < 20 and thin), (qual, alt_reads, depth)
+    assert any(f == ["LowQual"] for *_x, f in marks)
     assert all(len(alts) == 1 for _c, _p, _r, alts, _q, _gt in records)  # split
     result = evaluate_calls(out, dataset.truth_vcf, dataset.reference)
     assert result.snv.f1 is not None and result.snv.f1 >= 0.97
     assert result.indel.f1 is not None and result.indel.f1 >= 0.9
+
+
+def _support(vcf: str) -> list[tuple[float, int, int, list[str]]]:
+    """QUAL, alternate reads, depth and FILTER of each call."""
+    with pysam.VariantFile(vcf) as fh:
+        sample = next(iter(fh.header.samples))
+        return [(float(rec.qual), int(rec.samples[sample]["AD"][1]),
+                 int(rec.samples[sample]["DP"]), list(rec.filter)) for rec in fh]

@@ -164,7 +164,9 @@ def _pair_lines(aligner: mappy.Aligner, pair: ReadPair, rg: str) -> tuple[str, i
 
 
 def _sort(sam: Path, out_bam: Path) -> None:
-    pysam.samtools.sort("-l", "1", "-m", "256M", "-T", str(out_bam.with_suffix(".tmp")),
+    """Sort into an uncompressed BAM: chunks are read once more, by the merge, and deleted,
+    so compressing them would cost CPU twice (deflate here, inflate there) for nothing."""
+    pysam.samtools.sort("-l", "0", "-m", "256M", "-T", str(out_bam.with_suffix(".tmp")),
                         "-o", str(out_bam), str(sam), catch_stdout=False)
     sam.unlink()
 

@@ -6,9 +6,9 @@ Why it exists: this is the one implementation that both the server's jobs and th
 1. **align**: read both FASTQ files in lockstep (each record checked, see
    :mod:`careplane.genomics.fastq`), cut them into chunks of read pairs and align the chunks in
    parallel worker processes (each chunk comes back mate-fixed and coordinate-sorted);
-2. **markdup**: merge the chunks, mark duplicates (``samtools markdup``) and index the BAM
-   (compressed at ``bam_level``, 1 by default: with the zlib that pysam bundles, level 6
-   costs about three times as long for a file about 14% smaller);
+2. **markdup**: merge the chunks, mark duplicates (``samtools markdup``, which writes the
+   index as it goes) into the BAM (compressed at ``bam_level``, 1 by default: with the zlib
+   that pysam bundles, level 6 costs about three times as long for a file about 14% smaller);
 3. **call**: ``bcftools mpileup | call -mv`` per region, in parallel, while ``samtools stats``
    computes the alignment QC;
 4. **gather**: concatenate the regions' calls, normalise, keep QUAL >= 20, bgzip and index;
@@ -263,7 +263,6 @@ class _Run:
             merging.result()
             marking.result()
             fifo.unlink(missing_ok=True)
-        self.offload(pool, index_bam, str(final), threads)
         return final
 
     def call(self, pool: Pool, ref: Reference, bam: Path) -> tuple[
@@ -380,17 +379,15 @@ class _Run:
 
 
 def mark_duplicates(source: str, out: str, threads: str, level: int, tmp: str) -> None:
-    """``samtools markdup`` (pairs are recognised by the MC/ms tags the aligner wrote)."""
+    """``samtools markdup`` (pairs are recognised by the MC/ms tags the aligner wrote), which
+    writes the BAM index as it goes (``out.bai``): no second pass over the BAM to index it."""
     try:
         pysam.samtools.markdup("-@", threads, "--output-fmt-option", f"level={level}",
-                               "-T", tmp, source, out, catch_stdout=False)
+                               "--write-index", "-T", tmp, source, f"{out}##idx##{out}.bai",
+                               catch_stdout=False)
     except BaseException:
         _release_reader(source)
         raise
-
-
-def index_bam(bam: str, threads: int) -> None:
-    pysam.samtools.index("-@", str(threads), bam, catch_stdout=False)
 
 
 def merge_into(bams: list[str], out: str) -> None:
