@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 from fastapi.testclient import TestClient
-from sqlalchemy import bindparam, create_engine, text
+from sqlalchemy import bindparam, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from careplane.app import create_app
@@ -49,6 +49,7 @@ from careplane.records.store import current_row
 from careplane.records.synth import generate, load_bundles
 from careplane.security import Role
 from careplane.security.identity import create_org, create_user, issue_token, resolve_token
+from careplane.security.models import User
 from careplane.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -164,10 +165,11 @@ def run(kind: str, n_patients: int, seed: int, reads: int, searches: int,
             population = generate(n_patients, seed, start=TODAY)
             bundles = [next(population) for _ in range(over_http)]
             total = sum(len(b["entry"]) for b in bundles)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for b in bundles:
                 post("", b, prefer="return=minimal")
             elapsed = time.perf_counter() - started
+            out["ingest_cpu_ms"] = (time.process_time() - cpu) * 1000 / total
             del bundles
             out["ingest_resources"] = total
             out["ingest_per_s"] = total / elapsed
@@ -180,51 +182,84 @@ def run(kind: str, n_patients: int, seed: int, reads: int, searches: int,
                 elapsed = time.perf_counter() - started
                 out["bulk_resources"] = sum(loaded.values())
                 out["bulk_per_s"] = out["bulk_resources"] / elapsed
-            with db.session() as s:
-                patients = list(s.scalars(text(
-                    "SELECT id FROM fhir_resource WHERE resource_type = 'Patient' "
-                    "AND id NOT IN (SELECT id FROM fhir_resource WHERE resource_type = "
-                    "'Patient' ORDER BY pk LIMIT :n)"), {"n": n_creates}))
-                top = s.scalar(text("SELECT max(pk) FROM fhir_resource"))
-                out["resources"] = s.scalar(text("SELECT count(*) FROM fhir_resource"))
-                picks = sorted({rng.randint(1, top) for _ in range(reads * 2)})
-                stored = [(r.resource_type, r.id) for r in s.execute(
-                    text("SELECT resource_type, id FROM fhir_resource WHERE pk IN :pks")
-                    .bindparams(bindparam("pks", expanding=True)), {"pks": picks})]
-            out["patients"] = len(patients)
-
-            # the planner's statistics, as autovacuum would have them a minute after a load
-            analyze(db)
-
-            # reads
-            sample = rng.choices(stored, k=reads)
-            times = [timed_get(client, f"/fhir/{t}/{i}", headers) for t, i in sample]
-            out["read_p50"], out["read_p95"] = pct(times, 50), pct(times, 95)
-            # the store's own part of a read: the row and its JSON, no HTTP, access or audit
-            times = []
-            with db.session() as session:
-                for t, i in sample:
-                    started = time.perf_counter()
-                    orjson.dumps(current_row(session, t, i).content)
-                    times.append((time.perf_counter() - started) * 1000)
-            out["store_read_p50"] = pct(times, 50)
-
-            # searches
-            per_query: dict[str, list[float]] = {}
-            for name, make in queries(patients, rng).items():
-                timed_get(client, "/fhir/" + make(), headers)  # warm
-                per_query[name] = [timed_get(client, "/fhir/" + make(), headers)
-                                   for _ in range(searches)]
-            out["searches"] = {k: (pct(v, 50), pct(v, 95)) for k, v in per_query.items()}
-            every = [t for v in per_query.values() for t in v]
-            out["search_p50"], out["search_p95"] = pct(every, 50), pct(every, 95)
-
-            # $everything
-            times = [timed_get(client, f"/fhir/Patient/{rng.choice(patients)}/$everything",
-                               headers) for _ in range(max(10, searches))]
-            out["everything_p50"] = pct(times, 50)
+            measure(db, client, headers, rng, reads, searches, out, skip=n_creates)
         db.dispose()
     return out
+
+
+def measure(db: Database, client: TestClient, headers: dict[str, str], rng: random.Random,
+            reads: int, searches: int, out: dict[str, Any], *, skip: int = 0) -> None:
+    """Reads, searches and $everything on the loaded store (``skip``: the first Patients,
+    made by the single-create test, are not asked about)."""
+    with db.session() as s:
+        patients = list(s.scalars(text(
+            "SELECT id FROM fhir_resource WHERE resource_type = 'Patient' "
+            "AND id NOT IN (SELECT id FROM fhir_resource WHERE resource_type = "
+            "'Patient' ORDER BY pk LIMIT :n)"), {"n": skip}))
+        top = s.scalar(text("SELECT max(pk) FROM fhir_resource"))
+        out["resources"] = s.scalar(text("SELECT count(*) FROM fhir_resource"))
+        picks = sorted({rng.randint(1, top) for _ in range(reads * 2)})
+        stored = [(r.resource_type, r.id) for r in s.execute(
+            text("SELECT resource_type, id FROM fhir_resource WHERE pk IN :pks")
+            .bindparams(bindparam("pks", expanding=True)), {"pks": picks})]
+    out["patients"] = len(patients)
+
+    # the planner's statistics, as autovacuum would have them a minute after a load
+    analyze(db)
+
+    # reads
+    sample = rng.choices(stored, k=reads)
+    times = [timed_get(client, f"/fhir/{t}/{i}", headers) for t, i in sample]
+    out["read_p50"], out["read_p95"] = pct(times, 50), pct(times, 95)
+    # the store's own part of a read: the row and its JSON, no HTTP, access or audit
+    times = []
+    with db.session() as session:
+        for t, i in sample:
+            started = time.perf_counter()
+            orjson.dumps(current_row(session, t, i).content)
+            times.append((time.perf_counter() - started) * 1000)
+    out["store_read_p50"] = pct(times, 50)
+
+    # searches
+    per_query: dict[str, list[float]] = {}
+    for name, make in queries(patients, rng).items():
+        timed_get(client, "/fhir/" + make(), headers)  # warm
+        per_query[name] = [timed_get(client, "/fhir/" + make(), headers)
+                           for _ in range(searches)]
+    out["searches"] = {k: (pct(v, 50), pct(v, 95)) for k, v in per_query.items()}
+    every = [t for v in per_query.values() for t in v]
+    out["search_p50"], out["search_p95"] = pct(every, 50), pct(every, 95)
+
+    # $everything
+    times = [timed_get(client, f"/fhir/Patient/{rng.choice(patients)}/$everything",
+                       headers) for _ in range(max(10, searches))]
+    out["everything_p50"] = pct(times, 50)
+
+
+def loaded(url: str, reads: int, searches: int, seed: int) -> dict[str, Any]:
+    """The read and search figures of a store loaded beforehand (``careplane synth --load``
+    into the database at ``url``), asked as its user ``bench``."""
+    rng = random.Random(seed)
+    db = Database(url)
+    with db.session() as s:
+        user = s.scalar(select(User).where(User.username == "bench"))
+        assert user is not None, "the loaded store needs the user 'bench'"
+        token = issue_token(s, user, kind="bearer", lifetime=timedelta(hours=2)).token
+    headers = {"Authorization": f"Bearer {token}", "Accept": JSON, "Content-Type": JSON}
+    out: dict[str, Any] = {"database": db.engine.dialect.name,
+                           "load_average": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        settings = Settings(env="test", data_dir=Path(tmpdir) / "data", database_url=url,
+                            job_workers=0, log_json=False, log_level="WARNING")
+        with TestClient(create_app(settings)) as client:
+            measure(db, client, headers, rng, reads, searches, out)
+    out["database"] += f", {out['patients']:,} patients (loaded beforehand)"
+    db.dispose()
+    return out
+
+
+def _cell(result: dict[str, Any], key: str, form: str) -> str:
+    return form.format(result[key]) if key in result else "—"
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -246,13 +281,15 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "| figure | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
-        "| single creates/s | " + " | ".join(f"{r['creates_per_s']:.0f}" for r in results)
-        + " |",
+        "| single creates/s | " + " | ".join(_cell(r, "creates_per_s", "{:.0f}")
+                                          for r in results) + " |",
         "| transaction-bundle ingest over HTTP, resources/s | "
-        + " | ".join(f"{r['ingest_per_s']:.0f}" for r in results) + " |",
+        + " | ".join(_cell(r, "ingest_per_s", "{:.0f}") for r in results) + " |",
+        "| of which this process's CPU (HTTP, validation, indexing, driver), ms/resource | "
+        + " | ".join(_cell(r, "ingest_cpu_ms", "{:.2f}") for r in results) + " |",
         *(["| bulk load (same bundle code, no HTTP), resources/s | "
-           + " | ".join(f"{r['bulk_per_s']:.0f}" for r in results) + " |"]
-          if all("bulk_per_s" in r for r in results) else []),
+           + " | ".join(_cell(r, "bulk_per_s", "{:.0f}") for r in results) + " |"]
+          if any("bulk_per_s" in r for r in results) else []),
         "| read p50 / p95, ms | " + " | ".join(f"{r['read_p50']:.1f} / {r['read_p95']:.1f}"
                                              for r in results) + " |",
         "| of which the store (row + JSON, no HTTP, access check or audit) p50, ms | "
@@ -305,12 +342,19 @@ def main() -> None:
     parser.add_argument("--http-patients", type=int, default=None,
                         help="ingest only this many patients over HTTP, the rest in bulk")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--loaded", metavar="URL", default=None,
+                        help="also measure reads and searches on a store loaded beforehand "
+                             "(careplane synth --load, user 'bench'), as one more column")
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
     results = []
     for kind in args.databases.split(","):
         result = run(kind, args.patients, args.seed, args.reads, args.searches,
                      args.http_patients)
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), flush=True)
+        results.append(result)
+    if args.loaded:
+        result = loaded(args.loaded, args.reads, args.searches, args.seed)
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), flush=True)
         results.append(result)
     section = render(results, args)
@@ -320,6 +364,7 @@ def main() -> None:
                    f"{args.patients} --seed {args.seed} --reads {args.reads} "
                    f"--searches {args.searches} --databases {args.databases}"
                    + (f" --http-patients {args.http_patients}" if args.http_patients else "")
+                   + (f" --loaded {args.loaded}" if args.loaded else "")
                    + " --update-docs")
         update_docs(section, command)
 
