@@ -19,6 +19,7 @@ from careplane.security.audit_routes import pages as audit_pages
 from careplane.security.cors import CorsMiddleware
 from careplane.security.oauth import OAuthError
 from careplane.security.oauth_routes import router as oauth_router
+from careplane.security.oidc import external_provider
 from careplane.security.ratelimit import RateLimitMiddleware
 from careplane.security.routes import router
 from careplane.security.transport import HstsMiddleware
@@ -46,6 +47,8 @@ def mount(app: FastAPI) -> None:
     # Outermost of the security middleware: a preflight is answered before anything else, and
     # refusals (401, 429) still carry the origin's label so the app can read them.
     app.add_middleware(CorsMiddleware, origins=app.state.platform.settings.cors_origins)
+    # An external OIDC provider whose tokens are trusted too (None when not configured).
+    app.state.oidc_provider = external_provider(app.state.platform.settings)
     # Innermost (appended, not inserted): the request-id and header middleware wrap a 429.
     app.user_middleware.append(Middleware(RateLimitMiddleware))
     app.user_middleware.append(Middleware(HstsMiddleware))
