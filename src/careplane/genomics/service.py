@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -214,24 +213,13 @@ def plain_copy(blobs: BlobStore, sha256: str, target: Path) -> Path:
     reused by every run, so the FASTA they were built from stays beside them. A copy of the
     wrong size (cut short by a crash) is made again.
     """
-    size = blobs.size(sha256)
-    if target.is_file() and target.stat().st_size == size:
+    if target.is_file() and target.stat().st_size == blobs.size(sha256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".copy-")
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            for piece in blobs.iter_bytes(sha256):
-                out.write(piece)
-            out.flush()
-            os.fsync(out.fileno())
+    with blob_file(blobs, sha256, target.parent) as copy:
         target.unlink(missing_ok=True)
         with suppress(FileExistsError):  # never replaces a copy another run has just made
-            os.link(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+            os.link(copy, target)
     return target
 
 
@@ -301,15 +289,22 @@ def create_reference(session: Session, blobs: BlobStore, *, org_id: str, name: s
     reference.status = "checking"
     session.add(reference)
     session.flush()
-    args: dict[str, Any] = {"reference_id": reference.id}
-    if data_dir is not None:
-        args["data_dir"] = str(data_dir)
-    job = jobs.submit(session, CHECK_REFERENCE_TASK, args, org_id=org_id,
-                      created_by=created_by, title=f"Genomics reference check: {name}",
-                      max_attempts=3)
-    reference.job_id = job.id
+    reference.job_id = _queue(session, CHECK_REFERENCE_TASK, {"reference_id": reference.id},
+                              data_dir, org_id=org_id, created_by=created_by,
+                              title=f"Genomics reference check: {name}")
     session.flush()
     return reference
+
+
+def _queue(session: Session, task: str, args: dict[str, Any], data_dir: str | Path | None, *,
+           org_id: str, created_by: str | None, title: str) -> str:
+    """Submit a genomics job (retried up to three times); returns its id. ``data_dir`` (the
+    submitting server's data directory) travels with it: see :func:`submit_run`."""
+    if data_dir is not None:
+        args = {**args, "data_dir": str(data_dir)}
+    job = jobs.submit(session, task, args, org_id=org_id, created_by=created_by, title=title,
+                      max_attempts=3)
+    return job.id
 
 
 def get_reference(session: Session, reference_id: str, *, org_id: str) -> GenomicsReference:
@@ -377,13 +372,8 @@ def submit_run(session: Session, *, org_id: str, sample_id: str, reference_id: s
                       params=params or {}, tags=tags or {}, created_by=created_by)
     session.add(run)
     session.flush()
-    args: dict[str, Any] = {"run_id": run.id}
-    if data_dir is not None:
-        args["data_dir"] = str(data_dir)
-    job = jobs.submit(session, RUN_TASK, args, org_id=org_id,
-                      created_by=created_by, title=f"Genomics pipeline: {sample.name}",
-                      max_attempts=3)
-    run.job_id = job.id
+    run.job_id = _queue(session, RUN_TASK, {"run_id": run.id}, data_dir, org_id=org_id,
+                        created_by=created_by, title=f"Genomics pipeline: {sample.name}")
     session.flush()
     return run
 
