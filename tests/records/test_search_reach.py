@@ -141,3 +141,30 @@ def test_a_permit_consent_naming_the_caller_opens_that_patient(
     # a third organisation is not named, and sees nothing
     third = Fhir(client, accounts.make("outsider", Role.clinician, org="org-c").headers)
     assert _ids(third.search("Observation")) == set()
+
+
+def test_queries_per_reaching_search_do_not_grow_with_results(
+        fhir: Fhir, other_org: Fhir, db: Database, db_url: str,
+        world: dict[str, Any]) -> None:
+    from tests.records.test_search import counting
+
+    w = world
+    _grant(db, w, w["ann"])
+    with db.session() as session:
+        record_consent(session, org_id=w["a"], patient_id=w["ann"],
+                       provision=Provision("permit", exceptions=[
+                           Provision("deny", data_classes=["label:PSY"])]))
+    params = {"_include": "Observation:subject", "_count": "100"}
+
+    def statements() -> int:
+        # the search's own: its grants and consents, then the page, total and includes
+        with counting(db_url, other_org.client) as seen:
+            other_org.search("Observation", params)
+        return len([s for s in seen if any(t in s for t in (
+            "fhir_", "auth_grant", "consent_provision"))])
+
+    few = statements()
+    for i in range(20):
+        fhir.create(observation(f"Patient/{w['ann']}", value=i))
+    assert len(_ids(other_org.search("Observation", params))) > 20
+    assert statements() == few == 6

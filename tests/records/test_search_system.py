@@ -133,11 +133,21 @@ def test_total_modes(fhir: Fhir, chart: dict[str, str], client: Any, accounts: A
                      db_url: str) -> None:
     assert fhir.search("Observation", {"_total": "accurate"})["total"] == 3
     assert "total" not in fhir.search("Observation", {"_total": "none"})
-    estimate = fhir.search("Observation", {"_total": "estimate"})["total"]
+    from tests.records.test_search import counting
+
+    with counting(db_url, fhir.client) as seen:
+        estimate = fhir.search("Observation", {"_total": "estimate"})["total"]
+    searched = [s for s in seen if "fhir_resource" in s]
     if db_url.startswith("sqlite"):
         assert estimate == 3  # no planner estimate there: counted
+        assert any("count(" in s for s in searched)
     else:
         assert isinstance(estimate, int) and estimate >= 1  # the planner's row estimate
+        assert any(s.startswith("EXPLAIN") for s in searched)
+        assert not any("count(" in s for s in searched)  # no rows were counted
+    with counting(db_url, fhir.client) as seen:
+        assert "total" not in fhir.search("Observation", {"_total": "none"})
+    assert not any("count(" in s for s in seen if "fhir_resource" in s)
     with client.app.state.platform.session() as session:
         principal = _principal(session, accounts)
         req = parse_search("Observation", [("_total", "none")])
