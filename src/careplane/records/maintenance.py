@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, delete, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, select, text, update
 
 from careplane.platform.db import Database
 from careplane.records.indexer import index_resource
@@ -29,6 +29,7 @@ from careplane.records.models import (
     resource,
     resource_version,
 )
+from careplane.records.store import bulk_insert
 
 __all__ = ["ReindexResult", "analyze", "reindex"]
 
@@ -82,10 +83,9 @@ def reindex(db: Database, *, types: set[str] | None = None, batch: int = 500,
             for table in (*INDEX_TABLES.values(), idx_compartment):
                 session.execute(delete(table).where(table.c.resource_pk.in_(pks)))
             for kind, kind_rows in new_rows.items():
-                session.execute(insert(INDEX_TABLES[kind]), kind_rows)
+                bulk_insert(session, INDEX_TABLES[kind], kind_rows)
                 rows_written += len(kind_rows)
-            if compartments:
-                session.execute(insert(idx_compartment), compartments)
+            bulk_insert(session, idx_compartment, compartments)
             if patients:
                 session.execute(update(resource).where(resource.c.pk == bindparam("b_pk"))
                                 .values(patient_id=bindparam("b_patient_id")), patients,
