@@ -102,6 +102,8 @@ def test_read_and_vread(admin: Fhir, trail: dict[str, str]) -> None:
     assert missing.status_code == 404
     assert missing.json()["resourceType"] == "OperationOutcome"
     assert admin.get("AuditEvent/not-a-number").status_code == 404
+    assert admin.get("AuditEvent/\u00b2").status_code == 404
+    assert _events(admin.search("AuditEvent", {"_id": "\u00b2,x"})) == []
 
 
 def test_other_organisations_events_stay_hidden(admin: Fhir, client: TestClient,
@@ -158,6 +160,11 @@ def test_writes_are_refused(admin: Fhir, trail: dict[str, str]) -> None:
     ({"site": "x"}, "cannot be searched by 'site'"),
     ({"_sort": "outcome"}, "sort by date"),
     ({"_cursor": "abc"}, "_cursor"),
+    ({"_cursor": "\u00b2"}, "_cursor"),
+    ({"_count": "\u00b2"}, "_count"),
+    ({"date": "9999-12"}, "date="),
+    ({"date": "9999-12-31"}, "date="),
+    ({"date": "\u0662\u0660\u0662\u0664"}, "not a FHIR date"),
 ])
 def test_bad_searches_are_400(admin: Fhir, query: dict[str, str], problem: str) -> None:
     response = admin.get("AuditEvent", params=query)

@@ -51,10 +51,16 @@ MAX_COUNT = 500
 _ACTIONS = {"C": ("create",), "R": ("read",), "U": ("update",), "D": ("delete",),
             "E": ("search", "export", "execute")}
 _OUTCOMES = {"0": "success", "4": "denied", "8": "failure"}
-_DATE = re.compile(r"^(?P<prefix>eq|ne|lt|le|gt|ge|sa|eb)?(?P<value>\d{4}(-\d{2}(-\d{2}"
-                   r"(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?)$")
+_DATE = re.compile(r"^(?P<prefix>eq|ne|lt|le|gt|ge|sa|eb)?(?P<value>[0-9]{4}(-[0-9]{2}"
+                   r"(-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
+                   r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?)$")
 _READ_ONLY = ("AuditEvent is read-only: the server writes its audit trail itself; read or "
               "search it with GET")
+
+
+def _number(value: str) -> int | None:
+    """A non-negative id-sized integer written in ASCII digits, else None."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
 def _refused() -> FhirError:
@@ -92,7 +98,7 @@ def _date_range(text: str) -> tuple[str, datetime, datetime]:
                 end = start + timedelta(microseconds=1)
             else:
                 end = start + (timedelta(seconds=1) if seconds else timedelta(minutes=1))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise _bad(f"date={text!r}: {exc}", "date") from None
     return prefix, start.astimezone(UTC), end.astimezone(UTC)
 
@@ -139,7 +145,7 @@ def _parse(pairs: list[tuple[str, str]]) -> _Query:
     for name, raw in pairs:
         kept = True
         if name == "_id":
-            ids = [int(v) for v in _values(raw, name) if v.isdigit() and len(v) < 19]
+            ids = [n for n in map(_number, _values(raw, name)) if n is not None]
             q.clauses.append(AuditRecord.id.in_(ids) if ids else AuditRecord.id.is_(None))
         elif name == "date":
             q.clauses.append(_date_clause(raw.strip()))
@@ -176,9 +182,10 @@ def _parse(pairs: list[tuple[str, str]]) -> _Query:
                                    AuditRecord.target_id == rid))
             q.clauses.append(or_(*either))
         elif name == "_count":
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_COUNT:
+            count = _number(raw)
+            if count is None or not 1 <= count <= MAX_COUNT:
                 raise _bad(f"_count must be a whole number from 1 to {MAX_COUNT}", name)
-            q.count = int(raw)
+            q.count = count
         elif name == "_sort":
             if raw not in ("date", "-date", "_id", "-_id"):
                 raise _bad("AuditEvent searches sort by date only (_sort=date or -date)", name)
@@ -188,9 +195,9 @@ def _parse(pairs: list[tuple[str, str]]) -> _Query:
                 raise _bad("_total is one of none, estimate, accurate", name)
             q.total = raw == "accurate"
         elif name == "_cursor":
-            if not raw.isdigit() or len(raw) > 18:
+            q.cursor = _number(raw)
+            if q.cursor is None:
                 raise _bad("_cursor is the paging position of a next link", name)
-            q.cursor = int(raw)
             kept = False
         elif name in ("_format",):
             kept = False
@@ -279,7 +286,8 @@ def _one(platform: PlatformDep, principal: PrincipalDep, rid: str) -> dict[str, 
     with platform.session() as session:
         authorize(session, principal, Action.read, Target(KIND, principal.org_id, id=rid),
                   source="fhir", detail={"type": "AuditEvent"})
-        row = session.get(AuditRecord, int(rid)) if rid.isdigit() and len(rid) < 19 else None
+        number = _number(rid)
+        row = session.get(AuditRecord, number) if number is not None else None
         if row is None or principal.org_id not in (row.org_id, row.target_org_id):
             raise FhirError.of(404, "not-found", f"AuditEvent/{rid} is not known")
         return to_audit_event(row)
