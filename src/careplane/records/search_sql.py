@@ -61,7 +61,8 @@ from careplane.records.search_params import (
 from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
 
-__all__ = ["ANY_TYPE", "Scope", "criterion_clause", "live", "sort_columns", "visible"]
+__all__ = ["ANY_TYPE", "CONTENT_INDEXES", "Scope", "criterion_clause", "live", "sort_columns",
+           "visible"]
 
 _TOP = "\U0010ffff"
 #: The resource type a system-wide search (``GET /fhir?...`` without ``_type``) is built for:
@@ -430,8 +431,13 @@ def _near(r: FromClause, value: NearValue) -> ColumnElement[bool]:
 
 #: The words PostgreSQL indexes for _content and _text (migration 0102 builds GIN indexes on
 #: exactly these expressions of fhir_resource_version; keep them identical).
-_CONTENT_VECTOR = "jsonb_to_tsvector('simple'::regconfig, {v}.content, '[\"string\"]'::jsonb)"
-_TEXT_VECTOR = "to_tsvector('simple'::regconfig, COALESCE({v}.content -> 'text' ->> 'div', ''))"
+_CONTENT_VECTOR = "jsonb_to_tsvector('simple'::regconfig, {v}content, '[\"string\"]'::jsonb)"
+_TEXT_VECTOR = "to_tsvector('simple'::regconfig, COALESCE({v}content -> 'text' ->> 'div', ''))"
+#: Those indexes by name, with their expressions (for tools that drop or rebuild them).
+CONTENT_INDEXES = {
+    "ix_fhir_resource_version_content_words": _CONTENT_VECTOR.format(v=""),
+    "ix_fhir_resource_version_text_words": _TEXT_VECTOR.format(v=""),
+}
 _WORDS = re.compile(r"\w+")
 
 
@@ -457,7 +463,7 @@ def _fulltext(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
         return false()
     if scope.dialect == "postgresql":
         shape = _CONTENT_VECTOR if content else _TEXT_VECTOR
-        vector: ColumnElement[Any] = literal_column(shape.format(v="fts_v"))
+        vector: ColumnElement[Any] = literal_column(shape.format(v="fts_v."))
         simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
         test = or_(*(vector.op("@@")(func.plainto_tsquery(simple, " ".join(w)))
                      for w in words))
