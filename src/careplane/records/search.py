@@ -221,16 +221,22 @@ def _page(session: Session, scope: Scope, req: SearchRequest, rtype: str,
     if req.summary == "count" or req.count == 0 or (total == 0 and req.total == "accurate"):
         return SearchResult([], [], total, None, warnings=req.warnings)
     cursor = _decode(req.cursor) if req.cursor else {}
-    stmt = _with_content(r).where(*where)
+    # The page's keys are chosen first, and only those rows' content is joined: otherwise
+    # the planner may fetch the JSON of every match before it sorts and cuts the page.
+    page = select(r.c.pk).where(*where)
     offset = 0
     if req.sort:
         offset = cursor.get("o", 0)
-        stmt = stmt.order_by(*sort_columns(r, rtype, req.sort)).offset(offset)
+        order = sort_columns(r, rtype, req.sort)
+        page = page.order_by(*order).offset(offset)
     else:
         if "k" in cursor:
-            stmt = stmt.where(r.c.pk > cursor["k"])
-        stmt = stmt.order_by(r.c.pk)
-    rows = session.execute(stmt.limit(req.count + 1)).all()
+            page = page.where(r.c.pk > cursor["k"])
+        order = [r.c.pk]
+        page = page.order_by(r.c.pk)
+    keys = page.limit(req.count + 1).subquery()
+    stmt = _with_content(r).where(r.c.pk.in_(select(keys.c.pk))).order_by(*order)
+    rows = session.execute(stmt).all()
     more = len(rows) > req.count
     rows = rows[:req.count]
     matches = [Found(row.pk, row.resource_type, row.id, row.content) for row in rows]
