@@ -1,8 +1,8 @@
 """Validation on write: a resource is checked against the FHIR models before it is stored.
 
 The models are fhir.resources' R4B classes (the library ships no plain R4 package; R4B is R4
-with a few resources revised). Validation costs about twenty times a ``json.loads``, so it
-runs on create, update and in bundles, never when reading. Each refusal is an
+with a few resources revised). Validation runs on create, update and in bundles, never when
+reading. Each refusal is an
 OperationOutcome issue naming the offending element as a FHIRPath (``Patient.name[0].family``)
 so a client can point at it.
 
