@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -224,12 +225,12 @@ def test_a_full_queue_fails_closed_when_the_database_is_down(tmp_path: Path) -> 
     try:
         from careplane.security.audit import (
             Outcome,
-            _row,  # the record a read would queue
+            _values,  # what a read queues
         )
 
-        def one(i: int) -> AuditRecord:
-            return _row(_nurse(), "read", Target("records:Patient", "org1", id=f"p{i}"),
-                        Outcome.success, None, "test", None)
+        def one(i: int) -> dict[str, Any]:
+            return _values(_nurse(), "read", Target("records:Patient", "org1", id=f"p{i}"),
+                           Outcome.success, None, "test", None)
 
         writer.reserve(3)
         writer.submit([one(0), one(1), one(2)])

@@ -130,10 +130,11 @@ def _lock_chain(session: Session) -> None:
         session.execute(text("UPDATE audit_record SET id = id WHERE 0"))
 
 
-def _row(principal: Principal | None, action: str, target: Target, outcome: Outcome,
-         decision: Decision | None, source: str | None,
-         detail: dict[str, Any] | None) -> AuditRecord:
-    return AuditRecord(
+def _values(principal: Principal | None, action: str, target: Target, outcome: Outcome,
+            decision: Decision | None, source: str | None,
+            detail: dict[str, Any] | None) -> dict[str, Any]:
+    """A record's content as of now (plain values: cheaper to queue than a mapped object)."""
+    return dict(
         at=utcnow(),
         actor_id=principal.user_id if principal else None,
         actor_name=principal.username if principal else "",
@@ -162,7 +163,7 @@ def record(session: Session, principal: Principal | None, action: str, target: T
            outcome: Outcome = Outcome.success, decision: Decision | None = None,
            source: str | None = None, detail: dict[str, Any] | None = None) -> AuditRecord:
     """Append a record in the caller's transaction (it commits or fails with the change)."""
-    row = _row(principal, action, target, outcome, decision, source, detail)
+    row = AuditRecord(**_values(principal, action, target, outcome, decision, source, detail))
     _append(session, [row])
     return row
 
@@ -186,8 +187,8 @@ def record_after_commit(session: Session, principal: Principal | None, action: s
         record(session, principal, action, target, outcome=outcome, decision=decision,
                source=source, detail=detail)
         return
-    row = _row(principal, action, target, outcome, decision, source, detail)
-    session.info.setdefault(_PENDING, []).append(row)
+    values = _values(principal, action, target, outcome, decision, source, detail)
+    session.info.setdefault(_PENDING, []).append(values)
 
 
 def _writer_of(session: Session) -> AuditWriter:
@@ -238,7 +239,7 @@ class AuditWriter:
         self.capacity = capacity
         self.batch = batch
         self.wait = wait
-        self._queue: deque[tuple[float, AuditRecord]] = deque()
+        self._queue: deque[tuple[float, dict[str, Any]]] = deque()
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._stopping = False
@@ -271,7 +272,7 @@ class AuditWriter:
                         "the access was not served")
                 self._cond.wait(left)
 
-    def submit(self, rows: list[AuditRecord]) -> None:
+    def submit(self, rows: list[dict[str, Any]]) -> None:
         """Queue ``rows`` (room having been reserved); never raises, never drops."""
         with self._cond:
             now = time.monotonic()
@@ -306,14 +307,11 @@ class AuditWriter:
         with self._cond:
             taken = [self._queue.popleft()
                      for _ in range(min(self.batch, len(self._queue)))]
-        rows = [row for _, row in taken]
         try:
             with Session(bind=self.engine) as session:
-                _append(session, rows)
+                _append(session, [AuditRecord(**values) for _, values in taken])
                 session.commit()
         except BaseException:
-            for row in rows:  # a failed insert may have left values on them
-                row.id = None  # type: ignore[assignment]
             with self._cond:
                 self._queue.extendleft(reversed(taken))
                 self._cond.notify_all()

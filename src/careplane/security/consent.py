@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import (
+    Executable,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    bindparam,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from careplane.platform.db import Base, JSONType, UTCDateTime, new_id, utcnow
@@ -205,21 +213,31 @@ def list_consents(session: Session, org_id: str, patient_id: str | None = None
     return list(session.scalars(query.order_by(ConsentDirective.updated_at.desc()).limit(500)))
 
 
-def rules_for(session: Session, org_id: str | None, patient_id: str) -> tuple[ConsentRule, ...]:
-    """Every enforced provision of this patient's active consents (one indexed query)."""
+def _rules_query(*, by_org: bool) -> Executable:
     p = ConsentProvision
     query = select(p.id, p.consent_id, p.patient_id, p.decision, p.parent_id, p.depth,
                    p.actor_user_ids, p.actor_org_ids, p.actor_roles, p.purposes,
-                   p.data_classes, p.actions, p.start, p.end).where(p.patient_id == patient_id)
-    if org_id is not None:
-        query = query.where(p.org_id == org_id)
+                   p.data_classes, p.actions, p.start, p.end
+                   ).where(p.patient_id == bindparam("patient"))
+    return query.where(p.org_id == bindparam("org")) if by_org else query
+
+
+# Built once: this runs on every request that touches a patient.
+_RULES = {True: _rules_query(by_org=True), False: _rules_query(by_org=False)}
+
+
+def rules_for(session: Session, org_id: str | None, patient_id: str) -> tuple[ConsentRule, ...]:
+    """Every enforced provision of this patient's active consents (one indexed query)."""
+    query = _RULES[org_id is not None]
+    params = {"patient": patient_id, "org": org_id} if org_id is not None \
+        else {"patient": patient_id}
     # Plain rows, not ORM objects: this runs on every request that touches a patient.
     return tuple(ConsentRule(
         id=r[0], consent_id=r[1], patient_id=r[2], decision=r[3], parent_id=r[4], depth=r[5],
         actor_user_ids=frozenset(r[6]), actor_org_ids=frozenset(r[7]),
         actor_roles=frozenset(r[8]), purposes=frozenset(r[9]), data_classes=frozenset(r[10]),
         actions=frozenset(Action(a) for a in r[11]), start=r[12], end=r[13])
-        for r in session.execute(query))
+        for r in session.execute(query, params))
 
 
 # --- FHIR R4 Consent ------------------------------------------------------------------------
