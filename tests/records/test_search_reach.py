@@ -86,6 +86,11 @@ def test_a_grant_for_one_patient_opens_that_patients_records_on_every_search_pat
         page = other_org.search("Observation", parse_qsl(urlsplit(nxt).query))
         seen |= _ids(page)
     assert seen == ann_all | {w["cara_obs"]}
+    # a search inside a batch bundle reaches the same records
+    batch = other_org.post("", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation?_count=50"}}]})
+    assert batch.status_code == 200, batch.text
+    assert _ids(batch.json()["entry"][0]["resource"]) == ann_all | {w["cara_obs"]}
     # the other direction stays closed: org-a sees nothing of org-b
     assert _ids(fhir.search("Patient", {"family": "shared"})) == {w["ann"], w["bob"]}
     assert w["cara_obs"] not in _ids(fhir.search("Observation", {"_count": "100"}))

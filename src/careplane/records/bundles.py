@@ -210,7 +210,7 @@ def _get(session: Session, principal: Principal, entry: _Entry, base: str) -> No
         if entry.history:
             raise FhirError.of(400, "not-supported", "_history inside a bundle is not supported")
         req = parse_search(entry.rtype, entry.query or [])
-        result = run_search(session, principal, req, base=base)
+        result = run_search(session, principal, req, base=base, cross_org=True)
         entry.result = searchset(result, req, base=base, path=entry.rtype)
         entry.response = {"status": "200 OK"}
         return
