@@ -60,6 +60,23 @@ class Fhir:
                 if e.get("search", {}).get("mode") == "match"]
 
 
+def patient_client(client: TestClient, accounts: Any, db: Any, username: str,
+                   patient_id: str) -> Fhir:
+    """A client for a new user with the ``patient`` role, linked to ``Patient/patient_id``."""
+    from sqlalchemy import select
+
+    from careplane.security.identity import link_patient
+    from careplane.security.models import Organisation, User
+
+    account = accounts.make(username, Role.patient)
+    with db.session() as s:
+        user = s.scalar(select(User).where(User.username == username))
+        org = s.get(Organisation, account.org_id)
+        assert user is not None and org is not None
+        link_patient(s, user, org, patient_id)
+    return Fhir(client, account.headers)
+
+
 @pytest.fixture
 def fhir(client: TestClient, accounts: Any) -> Fhir:
     return Fhir(client, accounts.make("nurse", Role.clinician, org="org-a").headers)

@@ -117,22 +117,13 @@ def test_roles_without_records_rights_are_refused(client: Any, accounts: Any) ->
 
 def test_a_patient_sees_only_their_own_record(fhir: Fhir, client: Any, accounts: Any,
                                               db: Database) -> None:
-    from careplane.security import Role
-    from careplane.security.identity import link_patient
-    from careplane.security.models import Organisation, User
-    from tests.records.conftest import Fhir as Client
+    from tests.records.conftest import patient_client
 
     mine = fhir.create(patient("Self", "Sally"))["id"]
     other = fhir.create(patient("Else", "Eve"))["id"]
     my_obs = fhir.create(observation(f"Patient/{mine}"))["id"]
     their_obs = fhir.create(observation(f"Patient/{other}"))["id"]
-    account = accounts.make("sally", Role.patient)
-    with db.session() as s:
-        user = s.scalar(select(User).where(User.username == "sally"))
-        org = s.get(Organisation, account.org_id)
-        assert user is not None and org is not None
-        link_patient(s, user, org, mine)
-    sally = Client(client, account.headers)
+    sally = patient_client(client, accounts, db, "sally", mine)
     assert sally.get(f"Patient/{mine}").status_code == 200
     assert sally.get(f"Observation/{my_obs}").status_code == 200
     assert sally.get(f"Observation/{their_obs}").status_code == 403

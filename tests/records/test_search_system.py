@@ -199,21 +199,11 @@ def test_a_search_past_the_time_limit_is_cancelled_with_an_outcome(
 
 def test_a_patient_searching_across_types_sees_only_their_compartment(
         fhir: Fhir, chart: dict[str, str], client: Any, accounts: Any, db: Any) -> None:
-    from sqlalchemy import select
-
-    from careplane.security import Role
-    from careplane.security.identity import link_patient
-    from careplane.security.models import Organisation, User
+    from tests.records.conftest import patient_client
 
     other = fhir.create(patient("Else", "Eve"))["id"]
     their_obs = fhir.create(observation(f"Patient/{other}"))["id"]
-    account = accounts.make("pat", Role.patient)
-    with db.session() as s:
-        user = s.scalar(select(User).where(User.username == "pat"))
-        org = s.get(Organisation, account.org_id)
-        assert user is not None and org is not None
-        link_patient(s, user, org, chart["pat"])
-    me = Fhir(client, account.headers)
+    me = patient_client(client, accounts, db, "pat", chart["pat"])
     c = chart
     mine = {c["pat"], c["hr"], c["bp"], c["glu"], c["dm"]}
     assert set(_ids(me.search("", {"_count": "100"}))) == mine
