@@ -376,3 +376,53 @@ def test_refused_parts_leave_no_file_behind(client: TestClient, radiologist: Acc
     stored = client.get(f"/dicomweb/studies/{study}/instances",
                         headers=radiologist.headers).json()
     assert len(stored) == 2
+
+
+def test_rendered_study_and_series(client: TestClient, radiologist: Account) -> None:
+    """A rendered study or series is multipart/related, one rendered frame per part, in order;
+    each part is the same image its frame's own rendered URL gives."""
+    study, series = generate_uid(), generate_uid()
+    chest = pydicom.dcmread(io.BytesIO(data_file("RG1_UNCR.dcm")))
+    chest.StudyInstanceUID, chest.SeriesInstanceUID = study, generate_uid()
+    chest.SOPInstanceUID = generate_uid()
+    chest.file_meta.MediaStorageSOPInstanceUID = chest.SOPInstanceUID
+    out = io.BytesIO()
+    chest.save_as(out, enforce_file_format=True)
+    stored = _stow(client, radiologist, [
+        out.getvalue(),
+        make_instance(study_uid=study, series_uid=series, frames=3, rows=32, columns=32,
+                      instance_number=1),
+        make_instance(study_uid=study, series_uid=series, rows=32, columns=32,
+                      instance_number=2)])
+    assert stored.status_code == 200, stored.text
+    base = f"/dicomweb/studies/{study}"
+
+    whole = client.get(base + "/rendered", params={"viewport": "256,256"},
+                       headers={**radiologist.headers,
+                                "Accept": 'multipart/related; type="image/jpeg"'})
+    assert whole.status_code == 200
+    assert whole.headers["content-type"].startswith('multipart/related; type="image/jpeg"')
+    parts = split_multipart(whole.content, whole.headers["content-type"])
+    assert len(parts) == 5  # the chest CR, then 3 frames and 1 frame of the second series
+    for headers, body in parts:
+        assert headers["content-type"] == "image/jpeg"
+        assert max(Image.open(io.BytesIO(body)).size) <= 256
+    locations = [h["content-location"] for h, _ in parts]
+    assert locations[0].endswith(f"/instances/{chest.SOPInstanceUID}/frames/1/rendered")
+    assert [loc.rsplit("/", 2)[-2] for loc in locations[1:]] == ["1", "2", "3", "1"]
+
+    one = client.get(f"{base}/series/{series}/rendered", params={"accept": "image/png"},
+                     headers=radiologist.headers)
+    assert one.status_code == 200
+    series_parts = split_multipart(one.content, one.headers["content-type"])
+    assert len(series_parts) == 4
+    frame2 = series_parts[1][0]["content-location"]
+    direct = client.get(frame2[frame2.index("/dicomweb/"):], params={"accept": "image/png"},
+                        headers=radiologist.headers)
+    assert direct.content == series_parts[1][1]
+
+    refused = client.get(base + "/rendered", headers={**radiologist.headers,
+                                                      "Accept": "application/dicom"})
+    assert refused.status_code == 406
+    assert client.get(f"/dicomweb/studies/{generate_uid()}/rendered",
+                      headers=radiologist.headers).status_code == 404

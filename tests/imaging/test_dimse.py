@@ -178,3 +178,80 @@ def test_move_to_a_listed_destination(listener: DimseServer, db: Database, accou
         destination.wait(10)
     received = sorted(pydicom.dcmread(p).InstanceNumber for p in inbox.iterdir())
     assert received == [1, 2, 3]
+
+
+def _dataset_bytes(raw: bytes) -> bytes:
+    """A Part-10 file's bytes after its File Meta Information (group 0002)."""
+    assert raw[128:132] == b"DICM"
+    pos = 132
+    while int.from_bytes(raw[pos:pos + 2], "little") == 0x0002:
+        vr = raw[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            pos += 12 + int.from_bytes(raw[pos + 8:pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(raw[pos + 6:pos + 8], "little")
+    return raw[pos:]
+
+
+def _same(got: bytes, expected: bytes, what: str) -> None:
+    if got != expected:
+        at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                  min(len(got), len(expected)))
+        pytest.fail(f"{what}: {len(got)} bytes received, {len(expected)} stored, first "
+                    f"difference at {at}: {got[at - 16:at + 16]!r} vs "
+                    f"{expected[at - 16:at + 16]!r}")
+
+
+def _real_instances() -> list[tuple[Path, str]]:
+    """The real files, each with the getscu/storescp option that prefers its syntax."""
+    from careplane.imaging.sample_data import mammogram_files
+
+    return [(PYDICOM_DATA / "RG1_UNCR.dcm", "+xe"), (PYDICOM_DATA / "RG1_J2KR.dcm", "+xv"),
+            (mammogram_files()[0], "+xr")]
+
+
+def test_get_and_move_send_the_stored_bytes(listener: DimseServer, db: Database,
+                                            blobs: LocalBlobStore, accounts: Accounts,
+                                            tmp_path: Path) -> None:
+    """C-GET and C-MOVE deliver each instance byte for byte as stored, in its own syntax
+    (uncompressed, JPEG 2000, RLE), to dcmtk tools that write what they receive unchanged."""
+    import time
+
+    instances = _real_instances()
+    for path, prefer in instances:  # proposing the file's own syntax
+        stored = _run("storescu", listener, prefer.replace("+", "-"), files=(path,))
+        assert stored.returncode == 0, stored.stderr
+    port = _free_port()
+    with db.session() as session:
+        add_remote_ae(session, accounts.org("org-a"), "ARCHIVE", host="127.0.0.1", port=port)
+    for number, (path, prefer) in enumerate(instances):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        keys = ("-k", "QueryRetrieveLevel=IMAGE",
+                "-k", f"StudyInstanceUID={ds.StudyInstanceUID}",
+                "-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}",
+                "-k", f"SOPInstanceUID={ds.SOPInstanceUID}")
+        with db.session() as session:
+            sha = session.scalars(select(DicomInstance.blob_sha256).where(
+                DicomInstance.sop_instance_uid == ds.SOPInstanceUID)).one()
+        with blobs.open(sha) as fh:
+            expected = _dataset_bytes(fh.read())  # the file as careplane received it
+        fetched = tmp_path / f"get{number}"
+        fetched.mkdir()
+        got = _run("getscu", listener, "-S", prefer, "+B", *keys, "-od", str(fetched))
+        assert got.returncode == 0, got.stderr
+        (received,) = fetched.iterdir()
+        _same(_dataset_bytes(received.read_bytes()), expected, "C-GET " + path.name)
+        inbox = tmp_path / f"move{number}"
+        inbox.mkdir()
+        archive = subprocess.Popen(["storescp", "-aet", "ARCHIVE", prefer, "+B", "-od",
+                                    str(inbox), str(port)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.3)
+            moved = _run("movescu", listener, "-S", "-aem", "ARCHIVE", *keys)
+            assert moved.returncode == 0, moved.stderr
+        finally:
+            archive.terminate()
+            archive.wait(10)
+        (received,) = inbox.iterdir()
+        _same(_dataset_bytes(received.read_bytes()), expected, "C-MOVE " + path.name)

@@ -81,7 +81,8 @@ def study_list(session: Session, principal: Principal, *, patient: str | None = 
     """The organisation's studies, newest first; ``patient`` matches an ID or a name part."""
     authorize(session, principal, Action.search,
               Target(kind="imaging:study", org_id=principal.org_id))
-    query = select(DicomStudy).where(DicomStudy.org_id == principal.org_id)
+    query = select(DicomStudy).where(DicomStudy.org_id == principal.org_id,
+                                     DicomStudy.research_project.is_(None))
     if patient and patient.strip():
         text = patient.strip()
         key = name_key(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

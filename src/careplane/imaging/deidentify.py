@@ -29,11 +29,18 @@ Design choices, and why:
 * With the Modified Dates option every date of a patient is moved back by the same number of
   days (derived from the project key and the patient's identity), so intervals are kept. Times
   of day are kept as they are.
-* Private attributes are removed (Retain Safe Private is not implemented), and so are whole
-  curve (50xx) and overlay (60xx) groups: removing only Overlay Data, as the table lists it,
-  would leave an overlay plane that is not conformant.
-* Pixel data is never changed. An instance that declares burned-in annotation is refused unless
-  the caller accepts it explicitly, because no attribute action can remove text in the pixels.
+* Private attributes are removed (Retain Safe Private is not implemented: careplane ships no
+  list of private attributes known to be safe), and so are whole curve (50xx) and overlay
+  (60xx) groups: removing only Overlay Data, as the table lists it, would leave an overlay
+  plane that is not conformant. Overlays and curves are bitmaps and point lists whose text
+  cannot be recognised, so they are removed under Clean Graphics too; what that option keeps
+  and cleans is the Graphic Annotation Sequence (its text objects are scrubbed like
+  descriptors).
+* Pixel data is changed only by Clean Pixel Data, which blanks rectangles the caller names
+  (the places where a device is known to burn in text) in every frame and stores the result
+  uncompressed. careplane does not look for text in the pixels itself. An instance that
+  declares burned-in annotation is refused unless its pixels were cleaned that way or the
+  caller accepts it explicitly.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
+from collections.abc import Sequence as Seq
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import StrEnum
@@ -66,7 +74,9 @@ __all__ = [
     "BurnedInAnnotationError",
     "Option",
     "Profile",
+    "Region",
     "Rule",
+    "clean_pixels",
     "deidentify",
     "load_profile",
     "remap_uid",
@@ -91,6 +101,9 @@ class Option(StrEnum):
     RETAIN_DEVICE_IDENTITY = "retain_device_identity"
     RETAIN_INSTITUTION_IDENTITY = "retain_institution_identity"
     RETAIN_UIDS = "retain_uids"
+    CLEAN_GRAPHICS = "clean_graphics"
+    # not a column of Table E.1-1: it acts on the pixels, in the regions the caller names
+    CLEAN_PIXEL_DATA = "clean_pixel_data"
 
 
 # CID 7050 "De-identification Method" codes (coding scheme DCM), recorded in (0012,0064).
@@ -106,6 +119,8 @@ OPTION_CODES: Mapping[Option, tuple[str, str]] = {
     Option.RETAIN_DEVICE_IDENTITY: ("113109", "Retain Device Identity Option"),
     Option.RETAIN_INSTITUTION_IDENTITY: ("113112", "Retain Institution Identity Option"),
     Option.RETAIN_UIDS: ("113110", "Retain UIDs Option"),
+    Option.CLEAN_GRAPHICS: ("113103", "Clean Graphics Option"),
+    Option.CLEAN_PIXEL_DATA: ("113101", "Clean Pixel Data Option"),
 }
 
 # Combined codes resolved to the choice that keeps any IOD conformant (see module docstring).
@@ -121,7 +136,6 @@ _MIN_IDENTIFIER_LEN = 3
 _PATIENT_NAME = 0x00100010
 _PATIENT_ID = 0x00100020
 _SOP_INSTANCE_UID = 0x00080018
-_OVERLAY_DATA = 0x60003000
 # File meta attributes that name the sending system; the writer of the output is pydicom.
 _META_DROPPED = frozenset({0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102})
 
@@ -242,7 +256,6 @@ class _Context:
     profile: Profile
     patient_identity: str
     top_patient_values: frozenset[str]
-    drop_overlays: bool
     day_shift: int | None
     scrub: re.Pattern[str] | None
 
@@ -428,8 +441,8 @@ def _process_dataset(src: Dataset, ctx: _Context, *, clean_text: bool) -> Datase
         group = tag >> 16
         if tag & 0xFFFF == 0:
             continue  # group lengths would be stale after removals
-        if ctx.drop_overlays and group % 2 == 0 and 0x6000 <= group <= 0x60FF:
-            continue
+        if group % 2 == 0 and (0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF):
+            continue  # curves and overlays: removed whole (see the module docstring)
         rule = ctx.profile.rule_for(tag)
         new = (_keep(elem, ctx, clean_text) if rule is None
                else _apply(elem, rule.effective(ctx.options), ctx, clean_text))
@@ -545,14 +558,63 @@ def _record_method(out: Dataset, src: Dataset, ctx: _Context, burned_in: bool) -
         out.LongitudinalTemporalInformationModified = "REMOVED"
 
 
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of every frame, in pixels from the top left: rows ``top`` to ``bottom - 1``,
+    columns ``left`` to ``right - 1``."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+
+def clean_pixels(ds: Dataset, regions: Seq[Region]) -> Dataset:
+    """A copy of ``ds`` whose pixels are blanked (drawn black) inside ``regions``.
+
+    The pixel data is decoded (any transfer syntax careplane can render) and stored again
+    uncompressed, Explicit VR Little Endian; colour that was YBR comes back as RGB.
+    Raises ValueError for a region outside the image or an instance without pixels.
+    """
+    if "PixelData" not in ds:
+        raise ValueError("the instance has no pixel data to clean")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    for region in regions:
+        if not (0 <= region.top < region.bottom <= rows
+                and 0 <= region.left < region.right <= columns):
+            raise ValueError(f"region {region} is not inside the {rows}x{columns} image")
+    work = copy.deepcopy(ds)
+    pixels = work.pixel_array.copy()
+    photometric = _text(work.get("PhotometricInterpretation", "")).strip().upper()
+    samples = int(work.get("SamplesPerPixel", 1) or 1)
+    frames = int(work.get("NumberOfFrames", 1) or 1)
+    if samples > 1:
+        fill, photometric = 0, "RGB" if photometric.startswith("YBR") else photometric
+    else:
+        fill = pixels.max() if photometric == "MONOCHROME1" else pixels.min()
+    for region in regions:
+        window = (slice(region.top, region.bottom), slice(region.left, region.right))
+        if frames > 1:
+            pixels[(slice(None), *window)] = fill
+        else:
+            pixels[window] = fill
+    work.set_pixel_data(pixels, photometric, int(work.BitsStored),
+                        generate_instance_uid=False)
+    work.BurnedInAnnotation = "NO"
+    return work
+
+
 def deidentify(ds: Dataset, *, project_key: bytes, options: AbstractSet[Option],
-               allow_burned_in: bool = False) -> Dataset:
+               allow_burned_in: bool = False, pixel_regions: Seq[Region] = ()
+               ) -> Dataset:
     """Return a de-identified copy of ``ds``; ``ds`` itself is left unchanged.
 
     ``project_key`` (at least 16 bytes, kept secret by the project) makes UIDs, pseudonyms and
     the date shift consistent within a project and unlinkable across projects. ``options`` are
-    the Annex E options to apply on top of the Basic Profile. Raises BurnedInAnnotationError when
-    the instance declares burned-in annotation, unless ``allow_burned_in`` is true.
+    the Annex E options to apply on top of the Basic Profile. With Clean Pixel Data,
+    ``pixel_regions`` (at least one) are blanked first, and the instance then counts as free of
+    burned-in annotation. Raises BurnedInAnnotationError when the instance declares burned-in
+    annotation that was not cleaned, unless ``allow_burned_in`` is true.
     """
     if len(project_key) < MIN_KEY_BYTES:
         raise ValueError(f"project_key must be at least {MIN_KEY_BYTES} bytes")
@@ -560,6 +622,11 @@ def deidentify(ds: Dataset, *, project_key: bytes, options: AbstractSet[Option],
     if {Option.RETAIN_LONGITUDINAL_FULL_DATES,
             Option.RETAIN_LONGITUDINAL_MODIFIED_DATES} <= chosen:
         raise ValueError("choose one of the full-dates and modified-dates options, not both")
+    if (Option.CLEAN_PIXEL_DATA in chosen) != bool(pixel_regions):
+        raise ValueError("Clean Pixel Data needs the regions to blank, and regions need the "
+                         "Clean Pixel Data option")
+    if pixel_regions:
+        ds = clean_pixels(ds, pixel_regions)
     burned_in = _text(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
     if burned_in and not allow_burned_in:
         raise BurnedInAnnotationError(
@@ -574,11 +641,9 @@ def deidentify(ds: Dataset, *, project_key: bytes, options: AbstractSet[Option],
     if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in chosen:
         digest = _hmac(project_key, "date-shift", identity)
         day_shift = 1 + int.from_bytes(digest[:4], "big") % MAX_DATE_SHIFT_DAYS
-    overlay_rule = profile.rule_for(_OVERLAY_DATA)
     top_values = {_text(ds.get(k, "")).strip() for k in ("PatientID", "PatientName")}
     ctx = _Context(key=project_key, options=chosen, profile=profile, patient_identity=identity,
                    top_patient_values=frozenset(v for v in top_values if v),
-                   drop_overlays=overlay_rule is None or overlay_rule.effective(chosen) == "X",
                    day_shift=day_shift, scrub=_scrub_pattern(identifiers))
     out = _process_dataset(ds, ctx, clean_text=False)
     for tag in (_PATIENT_ID, _PATIENT_NAME):

@@ -9,8 +9,9 @@ says what is wrong.
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Annotated, Any
 
 import orjson
@@ -35,6 +36,7 @@ from careplane.imaging.part10 import FailureReason
 from careplane.imaging.qido import QidoRequest, parse_qido, render_rows_text
 from careplane.imaging.query import QueryError, build_select
 from careplane.imaging.render import RenderError, Window, render_frame
+from careplane.imaging.research import research_scope
 from careplane.imaging.store import (
     BlobTee,
     StoredInstance,
@@ -61,6 +63,8 @@ from careplane.security.guard import authorize
 from careplane.security.policy import Action, Target
 
 __all__ = ["router"]
+
+log = logging.getLogger(__name__)
 
 class _CorsRoute(APIRoute):
     """Lets the configured browser origins (``CAREPLANE_DICOM_CORS_ORIGINS``) read responses.
@@ -280,17 +284,25 @@ def _query(request: Request, platform: Platform, principal: Any, level: Level,
         headers["Warning"] = ('299 careplane "The following attributes are not supported for '
                               f'matching at this level: {", ".join(qido.ignored)}"')
     with platform.session() as session:
-        authorize(session, principal, Action.search,
-                  Target(kind="imaging:study", org_id=org_id, id=study))
+        projects = research_scope(session, principal)
+        if projects is None:
+            authorize(session, principal, Action.search,
+                      Target(kind="imaging:study", org_id=org_id, id=study))
+        else:  # a researcher queries the de-identified studies of the projects granted
+            granted: list[tuple[str, str | None]] = [*projects] or [(org_id, None)]
+            for owner, project in granted:  # none granted: the policy says why not
+                authorize(session, principal, Action.search,
+                          Target(kind="imaging:study", org_id=owner, id=study,
+                                 deidentified=True, workspace_id=project))
         if criteria.limit is not None and criteria.limit <= _PAGE_DIRECT:
             try:
-                rows = session.execute(build_select(criteria, org_id)).all()
+                rows = session.execute(build_select(criteria, org_id, projects)).all()
             except QueryError as exc:
                 raise _fail(exc) from None
             body = "[" + ",".join(render_rows_text(session, qido, rows, base)) + "]"
             return Response(body.encode(), media_type=DICOM_JSON, headers=headers)
         try:
-            query = build_select(criteria, org_id)
+            query = build_select(criteria, org_id, projects)
         except QueryError as exc:
             raise _fail(exc) from None
     return StreamingResponse(_stream(platform, qido, query, base), media_type=DICOM_JSON,
@@ -584,6 +596,78 @@ def rendered_frame(study: UIDPath, series: UIDPath, instance: UIDPath,
                    window: str | None = None, viewport: str | None = None) -> Response:
     ref = _refs(platform, principal, study, series, instance)[0]
     return _rendered(request, ref, platform, frame, _viewport(viewport, None), _window(window))
+
+
+_PIXEL_TAGS = ('"7FE00010"', '"7FE00008"', '"7FE00009"')
+
+
+def _rendered_part_type(request: Request) -> str:
+    """The image type of each part of a rendered study or series: the ``type`` of an accepted
+    multipart/related, or an image type accepted directly (JPEG when nothing is said)."""
+    wanted = request.query_params.get("accept") or request.headers.get("accept") or ""
+    for item in wanted.split(","):
+        media, params = media_params(item)
+        if media == "multipart/related":
+            media = params.get("type", "image/jpeg").lower()
+        if media in ("image/jpeg", "image/png"):
+            return media
+        if media in ("image/*", "*/*", "multipart/*"):
+            return "image/jpeg"
+    if wanted.strip():
+        raise HTTPException(406, 'rendered studies and series are offered as multipart/related; '
+                                 'type="image/jpeg" or type="image/png"')
+    return "image/jpeg"
+
+
+def _rendered_many(request: Request, platform: Platform, principal: Any, study: str,
+                   series: str | None, window: str | None, viewport: str | None) -> Response:
+    """Every frame of every image instance, rendered, one part each (PS3.18 rendered study or
+    series), in series and instance order; each part names its frame's rendered URL."""
+    media = _rendered_part_type(request)
+    chosen_window, size = _window(window), _viewport(viewport, None)
+    refs = [r for r in _refs(platform, principal, study, series)
+            if any(tag in r.metadata_json for tag in _PIXEL_TAGS)]
+    if not refs:
+        raise HTTPException(404, "no instance with pixel data to render")
+    base = _base(request)
+
+    def parts() -> Iterator[tuple[dict[str, str], Iterable[bytes]]]:
+        for ref in refs:
+            for frame in range(ref.number_of_frames or 1):
+                try:
+                    image = render_frame(ref.blob_sha256, opener(platform.blobs, ref), frame,
+                                         media_type=media, window=chosen_window,
+                                         viewport=size)
+                except RenderError as exc:  # the status is sent; leave this image out
+                    log.warning("rendered %s frame %d left out: %s", ref.sop_instance_uid,
+                                frame + 1, exc)
+                    break
+                yield {"Content-Type": media, "Content-Location":
+                       f"{base}/studies/{ref.study_instance_uid}/series/"
+                       f"{ref.series_instance_uid}/instances/{ref.sop_instance_uid}/frames/"
+                       f"{frame + 1}/rendered"}, (image,)
+
+    boundary = new_boundary()
+    return StreamingResponse(
+        multipart_body(parts(), boundary),
+        media_type=f'multipart/related; type="{media}"; boundary={boundary}',
+        headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/studies/{study}/rendered")
+def rendered_study(study: UIDPath, request: Request, platform: PlatformDep,
+                   principal: PrincipalDep, window: str | None = None,
+                   viewport: str | None = None) -> Response:
+    """The study's images rendered, as multipart/related (one part per frame)."""
+    return _rendered_many(request, platform, principal, study, None, window, viewport)
+
+
+@router.get("/studies/{study}/series/{series}/rendered")
+def rendered_series(study: UIDPath, series: UIDPath, request: Request,
+                    platform: PlatformDep, principal: PrincipalDep,
+                    window: str | None = None, viewport: str | None = None) -> Response:
+    """The series' images rendered, as multipart/related (one part per frame)."""
+    return _rendered_many(request, platform, principal, study, series, window, viewport)
 
 
 def _thumbnail(request: Request, platform: Platform, principal: Any, study: str,

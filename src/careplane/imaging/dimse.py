@@ -10,6 +10,7 @@ means the instance is durably stored; failures answer with the same reason codes
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import threading
@@ -19,7 +20,8 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -73,7 +75,13 @@ class DimseServer:
         ae.network_timeout = 60
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
-        syntaxes = sorted(SUPPORTED_TRANSFER_SYNTAXES)
+        # pynetdicom accepts the first of these that the peer proposes. Compressed syntaxes come
+        # first: a peer that offers one has such data (or wants it) and cannot always convert;
+        # then explicit VR little endian, which keeps the VRs, before implicit and the rest.
+        uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.1.99",
+                        "1.2.840.10008.1.2.2"]
+        syntaxes = [*sorted(SUPPORTED_TRANSFER_SYNTAXES - set(uncompressed)),
+                    *(u for u in uncompressed if u in SUPPORTED_TRANSFER_SYNTAXES)]
         ae.add_supported_context(Verification)
         storage = [str(c.abstract_syntax) for c in AllStoragePresentationContexts]
         for sop_class in storage:
@@ -215,8 +223,10 @@ class DimseServer:
             answer.RetrieveAETitle = self.ae_title
             yield 0xFF00, answer
 
-    def _datasets(self, peer: Peer, identifier: Dataset, root: str) -> list[str] | None:
-        """The blob keys of the instances a C-GET / C-MOVE identifier selects."""
+    def _datasets(self, peer: Peer, identifier: Dataset, root: str
+                  ) -> list[tuple[str, str, str]] | None:
+        """(blob key, SOP Class UID, transfer syntax) of the instances a C-GET / C-MOVE
+        identifier selects."""
         parsed = self._criteria(identifier, root)
         if parsed is None:
             return None
@@ -228,17 +238,49 @@ class DimseServer:
                                 id=str(identifier.get("StudyInstanceUID", "")) or None),
                          source=f"dimse:{peer.ae_title}")
             rows = session.execute(build_select(criteria, peer.org_id)).all()
-            return [row[0].blob_sha256 for row in rows]
+            return [(row[0].blob_sha256, row[0].sop_class_uid, row[0].transfer_syntax_uid)
+                    for row in rows]
 
     def _read(self, sha: str) -> Dataset:
+        """The stored instance, to be sent as it is stored.
+
+        pynetdicom's C-GET and C-MOVE services take only a pydicom Dataset from the handler (a
+        file path is refused as an invalid dataset), and encode it with pydicom. The dataset is
+        therefore parsed lazily from the stored bytes: its elements stay raw, and pydicom writes
+        a raw element back as the bytes it was read from. Sent in the transfer syntax it was
+        stored in, the instance arrives byte for byte as stored (tests/imaging/test_dimse.py
+        checks it with dcmtk's bit-preserving getscu and storescp).
+        """
         with self.blobs.open(sha) as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(fh)
+            return pydicom.dcmread(io.BytesIO(fh.read()))
+
+    @staticmethod
+    def _move_contexts(found: list[tuple[str, str, str]]) -> list[Any]:
+        """Presentation contexts for a C-MOVE sub-association: each SOP class in the transfer
+        syntax its instances are stored in (so they go unchanged), and uncompressed as a
+        fallback the destination may prefer."""
+        contexts: dict[tuple[str, tuple[str, ...]], Any] = {}
+        uncompressed = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        for _, sop_class, syntax in found:
+            for offer in ((syntax,), uncompressed):
+                if (sop_class, offer) not in contexts and len(contexts) < 128:
+                    contexts[(sop_class, offer)] = build_context(sop_class, list(offer))
+        return list(contexts.values())
 
     def _retrieve(self, event: Any, move: bool) -> Iterator[Any]:
         peer = self._peer(event)
         models = _MOVE_MODELS if move else _GET_MODELS
         root = "patient" if event.request.AffectedSOPClassUID == models[0] else "study"
+        keys: list[tuple[str, str, str]] | None = None
+        failure: int | None = None
+        if peer is not None:
+            try:
+                keys = self._datasets(peer, event.identifier, root)
+            except QueryError:
+                failure = 0xA900
+            else:
+                failure = 0xC000 if keys is None else None
         if move:
             destination = str(event.move_destination).strip()
             target = self._peers().get(destination)
@@ -246,20 +288,15 @@ class DimseServer:
                     or not target.host or not target.port:
                 yield None, None  # unknown destination: 0xA801
                 return
-            yield target.host, target.port
+            yield target.host, target.port, {"contexts": self._move_contexts(keys or [])}
         if peer is None:
             yield 0x0124, None
             return
-        try:
-            keys = self._datasets(peer, event.identifier, root)
-        except QueryError:
-            yield 0xA900, None
-            return
-        if keys is None:
-            yield 0xC000, None
+        if failure is not None or keys is None:
+            yield failure or 0xC000, None
             return
         yield len(keys)
-        for sha in keys:
+        for sha, _, _ in keys:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return

@@ -214,6 +214,7 @@ def queue_link(session: Session, org_id: str) -> None:
 def pending(session: Session, org_id: str, limit: int = 200) -> list[DicomStudy]:
     return list(session.scalars(select(DicomStudy).where(
         DicomStudy.org_id == org_id,
+        DicomStudy.research_project.is_(None),  # research copies stay out of the chart
         or_(DicomStudy.fhir_synced_at.is_(None),
             DicomStudy.fhir_synced_at < DicomStudy.updated_at))
         .order_by(DicomStudy.id).limit(limit)))

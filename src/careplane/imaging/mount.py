@@ -20,8 +20,10 @@ register_seeder(seed_imaging)
 def mount(app: FastAPI) -> None:
     from careplane.imaging.dicomweb import router as dicomweb
     from careplane.imaging.ohif import router as ohif
+    from careplane.imaging.research import router as research
     from careplane.imaging.web import router as pages
 
     app.include_router(dicomweb)
     app.include_router(pages)
     app.include_router(ohif)
+    app.include_router(research)

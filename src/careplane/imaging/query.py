@@ -10,10 +10,11 @@ without regard to case, as most archives do.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select
 from sqlalchemy.orm import Bundle, InstrumentedAttribute
 
 from careplane.imaging.attributes import Attribute, Level, by_keyword, name_key
@@ -174,31 +175,48 @@ SERIES = _bundle("series", DicomSeries, (*_AUDIT, "study_pk"))
 INSTANCE = _bundle("instance", DicomInstance, (*_AUDIT, "metadata_json", "source"))
 
 
-def build_select(criteria: Criteria, org_id: str) -> Select[*tuple[Any, ...]]:
+def _studies_in(org_id: str, projects: Sequence[tuple[str, str]] | None
+                ) -> ColumnElement[bool]:
+    """Which studies a query may see: the organisation's clinical studies, or (``projects``)
+    the de-identified copies of these (organisation, research project) pairs."""
+    if projects is None:
+        return and_(DicomStudy.org_id == org_id, DicomStudy.research_project.is_(None))
+    return or_(false(), *(and_(DicomStudy.org_id == org, DicomStudy.research_project == project)
+                          for org, project in projects))
+
+
+def build_select(criteria: Criteria, org_id: str,
+                 projects: Sequence[tuple[str, str]] | None = None
+                 ) -> Select[*tuple[Any, ...]]:
     """The SELECT for a query at ``criteria.level`` inside one organisation, in a stable order.
 
     Rows are ``(patient,)``, ``(study,)``, ``(series, study)`` or ``(instance, series,
-    study)``, each a bundle of the columns of that index row.
+    study)``, each a bundle of the columns of that index row. Without ``projects`` the query
+    sees the organisation's clinical studies; with them, only the de-identified copies made for
+    those (organisation, research project) pairs.
     """
     level = criteria.level
     query: Select[*tuple[Any, ...]]
+    scope = _studies_in(org_id, projects)
     if level is Level.patient:
-        query = select(PATIENT).where(DicomPatient.org_id == org_id,
-                                      DicomPatient.num_studies > 0)
+        owners = [org_id] if projects is None else sorted({org for org, _ in projects})
+        query = select(PATIENT).where(
+            DicomPatient.org_id.in_(owners), DicomPatient.num_studies > 0,
+            exists().where(DicomStudy.patient_pk == DicomPatient.id, scope))
         order: list[Any] = [DicomPatient.id]
     elif level is Level.study:
-        query = select(STUDY).where(DicomStudy.org_id == org_id)
+        query = select(STUDY).where(scope)
         order = [DicomStudy.id]
     elif level is Level.series:
         query = (select(SERIES, STUDY)
                  .join_from(DicomSeries, DicomStudy, DicomSeries.study_pk == DicomStudy.id)
-                 .where(DicomSeries.org_id == org_id))
+                 .where(scope))
         order = [DicomStudy.id, DicomSeries.id]
     else:
         query = (select(INSTANCE, SERIES, STUDY)
                  .join_from(DicomInstance, DicomSeries, DicomInstance.series_pk == DicomSeries.id)
                  .join(DicomStudy, DicomInstance.study_pk == DicomStudy.id)
-                 .where(DicomInstance.org_id == org_id))
+                 .where(scope))
         order = [DicomSeries.id, DicomInstance.instance_number.is_(None),
                  DicomInstance.instance_number, DicomInstance.id]
     if criteria.study_uid is not None:

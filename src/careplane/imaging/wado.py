@@ -83,9 +83,16 @@ def locate_study(session: Session, principal: Principal, study_uid: str,
             DicomStudy.study_instance_uid == study_uid).order_by(DicomStudy.id)).first()
     if study is None:
         raise NotFound(f"no study {study_uid}")
-    authorize(session, principal, action,
-              Target(kind="imaging:study", org_id=study.org_id, id=study_uid))
+    authorize(session, principal, action, study_target(study))
     return study
+
+
+def study_target(study: DicomStudy) -> Target:
+    """The study as the access policy sees it: a research copy is de-identified data of the
+    project (the workspace) it was made for."""
+    return Target(kind="imaging:study", org_id=study.org_id, id=study.study_instance_uid,
+                  deidentified=study.research_project is not None,
+                  workspace_id=study.research_project)
 
 
 def instance_refs(session: Session, study: DicomStudy, series_uid: str | None = None,
