@@ -125,6 +125,10 @@ def test_a_consent_deny_beats_the_grant(other_org: Fhir, db: Database,
     assert _ids(other_org.search("Observation")) == {w["ann_obs"], w["cara_obs"]}
     assert _ids(other_org.search("Patient", {"family": "shared"})) == {w["ann"], w["cara"]}
     assert other_org.search("Observation", {"_summary": "count"})["total"] == 2
+    # stating an emergency (break-the-glass) does not widen a search past the consent
+    urgent = other_org.search("Observation", headers={
+        "X-Break-Glass-Reason": "cardiac arrest, need the history"})
+    assert _ids(urgent) == {w["ann_obs"], w["cara_obs"]}
     # a refused record stays out of includes too
     inc = other_org.search("Observation", {"_id": w["ann_obs"],
                                            "_revinclude": "Observation:subject",

@@ -101,9 +101,15 @@ class Reach:
                  labels: frozenset[str] = frozenset()) -> Decision:
         rules = self.consents.get((org, patient), ()) if patient else ()
         facts = Facts(grants=self.grants, consents=rules)
-        return decide(self.principal, Action.search,
-                      Target(kind=kind, org_id=org, patient_id=patient, labels=labels),
-                      facts=facts)
+        decision = decide(self.principal, Action.search,
+                          Target(kind=kind, org_id=org, patient_id=patient, labels=labels),
+                          facts=facts)
+        if decision.break_glass:
+            # Break-the-glass opens one record a clinician reads, audited for review; it
+            # never widens a search to the records a consent refuses.
+            return Decision(False, "break-the-glass does not widen a search",
+                            purpose=decision.purpose, consent_id=decision.consent_id)
+        return decision
 
     def _hidden_labels(self, kind: str, org: str, patient: str) -> tuple[tuple[str, str], ...]:
         labels = sorted({c[6:] for rule in self.consents.get((org, patient), ())
