@@ -29,6 +29,7 @@ from pydicom.sequence import Sequence
 from careplane.imaging.deidentify import (
     BurnedInAnnotationError,
     Option,
+    Region,
     Rule,
     deidentify,
     load_profile,
@@ -461,3 +462,41 @@ def test_burned_in_annotation_is_refused_unless_allowed() -> None:
 def test_short_project_key_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         deidentify(read(chest_cr()), project_key=b"short", options=set())
+
+
+def test_clean_graphics_scrubs_annotation_text_and_drops_overlays() -> None:
+    source = read(chest_cr())
+    text = Dataset()
+    text.UnformattedTextValue = f"patient {source.PatientName} seen"
+    annotation = Dataset()
+    annotation.TextObjectSequence = Sequence([text])
+    source.GraphicAnnotationSequence = Sequence([annotation])
+    source.add_new(0x60000010, "US", 8)
+    source.add_new(0x60003000, "OW", b"\x00" * 8)
+    source.add_new(0x50000005, "US", 2)
+    plain = deidentify(source, project_key=KEY, options=set())
+    cleaned = deidentify(source, project_key=KEY, options={Option.CLEAN_GRAPHICS})
+    for out in (plain, cleaned):
+        assert not any(0x5000 <= (e.tag >> 16) <= 0x60FF for e in out)
+    kept = cleaned.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
+    assert "seen" in kept and str(source.PatientName).split("^")[0] not in kept
+    assert "113103" in {i.CodeValue for i in cleaned.DeidentificationMethodCodeSequence}
+    assert "113103" not in {i.CodeValue for i in plain.DeidentificationMethodCodeSequence}
+
+
+def test_clean_pixel_data_needs_regions_inside_the_image() -> None:
+    source = read(chest_cr("UNCR"))
+    with pytest.raises(ValueError, match="regions"):
+        deidentify(source, project_key=KEY, options={Option.CLEAN_PIXEL_DATA})
+    with pytest.raises(ValueError, match="not inside"):
+        deidentify(source, project_key=KEY, options={Option.CLEAN_PIXEL_DATA},
+                   pixel_regions=[Region(0, 0, source.Rows + 1, 10)])
+    source.BurnedInAnnotation = "YES"
+    out = deidentify(source, project_key=KEY, options={Option.CLEAN_PIXEL_DATA},
+                     pixel_regions=[Region(0, 0, 50, 50)])
+    assert out.BurnedInAnnotation == "NO"
+    black = (source.pixel_array.max() if source.PhotometricInterpretation == "MONOCHROME1"
+             else source.pixel_array.min())  # the chest CR is MONOCHROME1: black is high
+    assert (out.pixel_array[:50, :50] == black).all()
+    assert (out.pixel_array[50:, :] == source.pixel_array[50:, :]).all()
+    assert "113101" in {i.CodeValue for i in out.DeidentificationMethodCodeSequence}
