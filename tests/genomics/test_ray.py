@@ -4,6 +4,7 @@ process pool (the ``cluster`` extra)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pysam
 import pytest
@@ -52,3 +53,33 @@ def test_unknown_executor_is_refused(dataset: SimulatedDataset, tmp_path: Path) 
                        work_dir=str(tmp_path / "work"), executor="spark")
     with pytest.raises(InputError, match="unknown executor 'spark'; choose from local, ray"):
         run_pipeline(bad, Recorder(state={}))
+
+
+def test_server_runs_use_ray_when_the_setting_says_so(
+        client: Any, accounts: Any, db: Any, dataset: SimulatedDataset,
+        monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+    from careplane.platform import jobs
+    from careplane.platform.jobs import ray_executor
+    from careplane.security import Role
+    from tests.genomics.test_routes import _register
+
+    monkeypatch.setenv("CAREPLANE_DATABASE_URL", settings.db_url)
+    monkeypatch.delenv("CAREPLANE_DATA_DIR", raising=False)
+    monkeypatch.setenv("CAREPLANE_ENV", "test")
+    monkeypatch.setenv("CAREPLANE_GENOMICS_EXECUTOR", "ray")
+    submitted: list[str] = []
+    original = ray_executor.RayExecutor.submit
+
+    def counting(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(fn.__name__)
+        return original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ray_executor.RayExecutor, "submit", counting)
+    nurse = accounts.make("gina", Role.clinician)
+    ids = _register(client, nurse.headers, dataset)
+    run = client.post("/api/genomics/runs", json=ids, headers=nurse.headers).json()
+    assert jobs.Worker(db).run_once()
+    done = client.get(f"/api/genomics/runs/{run['id']}", headers=nurse.headers).json()
+    assert done["status"] == "succeeded", done["error"]
+    # The worker's job spread its chunks and regions as Ray tasks.
+    assert {"align_chunk", "call_region", "gather_calls"} <= set(submitted)
