@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from types import TracebackType
 from typing import Any
 
@@ -110,12 +110,14 @@ class RayExecutor:
             if future.cancelled():
                 return
             error = done.exception() if not done.cancelled() else None
-            if done.cancelled():
-                future.cancel()
-            elif error is not None:
-                future.set_exception(_unwrap(self._ray, error))
-            else:
-                future.set_result(done.result())
+            # shutdown() may cancel the future at any moment: then there is nothing to set.
+            with contextlib.suppress(InvalidStateError):
+                if done.cancelled():
+                    future.cancel()
+                elif error is not None:
+                    future.set_exception(_unwrap(self._ray, error))
+                else:
+                    future.set_result(done.result())
 
         ray_future.add_done_callback(settle)
         return future
