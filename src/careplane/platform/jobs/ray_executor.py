@@ -129,10 +129,11 @@ class RayExecutor:
             pending = dict(self._pending)
         if cancel_futures:
             for future, ref in pending.items():
-                # A task that has just finished cannot be cancelled: nothing to do then.
+                # The future first, so Ray's report of the cancelled task finds it settled.
+                if not future.cancel():
+                    continue  # it has just finished
                 with contextlib.suppress(Exception):
                     self._ray.cancel(ref, force=True)
-                future.cancel()
         if wait:
             for future in pending:
                 if not future.cancelled():
