@@ -105,6 +105,16 @@ def test_size_limit(tmp_path: Path) -> None:
 
 def test_crash_leftovers_are_cleaned_at_start(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path)
-    (store.root / "tmp" / "abc.part").write_bytes(b"half a file")
+    crashed = store.root / "tmp" / "abc.part"
+    crashed.write_bytes(b"half a file")
+    os.utime(crashed, (1, 1))
     LocalBlobStore(tmp_path)
     assert _leftovers(store) == []
+
+
+def test_another_process_writing_keeps_its_file(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    writing = store.root / "tmp" / "in-progress.part"
+    writing.write_bytes(b"the first chunks")
+    LocalBlobStore(tmp_path)  # a job worker or CLI command opening the same store
+    assert writing.exists()

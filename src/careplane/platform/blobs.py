@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = ["CHUNK", "BlobNotFound", "BlobRef", "BlobStore", "BlobStoreFull", "Bl
            "LocalBlobStore"]
 
 CHUNK = 1024 * 1024
+LEFTOVER_AGE = 3600.0  # seconds without a write before a .part file counts as abandoned
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -72,8 +74,14 @@ class LocalBlobStore:
         self.root = Path(root)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in self._tmp.glob("*.part"):  # from a crash mid-write
-            leftover.unlink(missing_ok=True)
+        # Files of writes cut off by a crash. Every process (server, job workers, CLI) opens
+        # the store, so only files nobody has written to for an hour go: a write in progress
+        # in another process touches its file with every chunk.
+        stale = time.time() - LEFTOVER_AGE
+        for leftover in self._tmp.glob("*.part"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < stale:
+                    leftover.unlink()
 
     def path(self, sha256: str) -> Path:
         if not _HEX64.match(sha256):
