@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from careplane.platform.context import Platform
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
+    # async: no I/O, so FastAPI need not hop to a worker thread for it on every request
     platform: Platform = request.app.state.platform
     return platform
 
