@@ -13,15 +13,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import ColumnElement, Select, String, and_, cast, not_, or_, select, union_all
 from sqlalchemy.orm import Session
 
+from careplane.platform.db import utcnow
 from careplane.records.errors import FhirError
 from careplane.security import Principal, Role
 from careplane.security.consent import ConsentProvision, rules_for
 from careplane.security.grants import grants_for
 from careplane.security.guard import authorize
-from careplane.security.policy import Action, ConsentRule, Decision, Facts, Grant, Target, decide
+from careplane.security.policy import (
+    Action,
+    ConsentRule,
+    Decision,
+    Facts,
+    Grant,
+    Target,
+    decide,
+    default_purpose,
+)
 
 __all__ = ["Action", "Opening", "Reach", "check", "labels_of", "reach_of", "target"]
 
@@ -84,6 +94,12 @@ class Reach:
     organisation, whether a search of that type there is allowed, with the patient's
     consents as facts, so a consent deny beats a grant exactly as it does on a read. Nothing
     is decided here that the policy does not decide.
+
+    ``own`` holds the consents of the caller's own organisation's patients that have a deny
+    which may concern the caller: :meth:`own_opening` asks the policy about each of them, so
+    a patient whose consent refuses the caller (or their organisation, role or purpose) stays
+    out of the caller's own searches too, and a deny of a security label hides that
+    patient's labelled resources only.
     """
 
     principal: Principal
@@ -91,11 +107,47 @@ class Reach:
     patients: tuple[tuple[str, str], ...] = ()       # (org, patient) that grants/consents name
     whole_orgs: tuple[str, ...] = ()                 # orgs granted without a patient
     consents: dict[tuple[str, str], tuple[ConsentRule, ...]] = field(default_factory=dict)
+    own: dict[str, tuple[ConsentRule, ...]] = field(default_factory=dict)
     _cache: dict[str, tuple[Opening, ...]] = field(default_factory=dict)
+    _own_cache: dict[tuple[str, str | None, str | None], bool] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
+        """Nothing of another organisation is open (the caller's own may still be narrowed)."""
         return not self.patients and not self.whole_orgs
+
+    def _own_refuses(self, resource_type: str, patient: str, label: str | None) -> bool:
+        """Whether the patient's consent refuses the caller a search of ``resource_type``
+        (carrying ``label``) in their own organisation. The answer for a type the patient's
+        consents do not name is the same for every such type, so it is asked once."""
+        rules = self.own[patient]
+        named = {c[8:] for rule in rules for c in rule.data_classes
+                 if c.startswith("records:") and c != "records:*"}
+        key = (patient, resource_type if resource_type in named else None, label)
+        refused = self._own_cache.get(key)
+        if refused is None:
+            decision = decide(self.principal, Action.search, Target(
+                kind=f"records:{resource_type}", org_id=self.principal.org_id,
+                patient_id=patient, labels=frozenset({label}) if label else frozenset()),
+                facts=Facts(consents=rules))
+            # break-the-glass opens single reads, never a search
+            refused = not decision.allowed or decision.break_glass
+            self._own_cache[key] = refused
+        return refused
+
+    def own_opening(self, resource_type: str) -> Opening:
+        """The caller's own organisation for ``resource_type``, less what consents refuse."""
+        hidden: set[str] = set()
+        labels: list[tuple[str, str]] = []
+        for patient, rules in self.own.items():
+            if self._own_refuses(resource_type, patient, None):
+                hidden.add(patient)
+                continue
+            named = sorted({c[6:] for rule in rules for c in rule.data_classes
+                            if c.startswith("label:")})
+            labels += [(patient, label) for label in named
+                       if self._own_refuses(resource_type, patient, label)]
+        return Opening(self.principal.org_id, None, frozenset(hidden), tuple(labels))
 
     def _allowed(self, kind: str, org: str, patient: str | None,
                  labels: frozenset[str] = frozenset()) -> Decision:
@@ -162,16 +214,69 @@ def _records_kind(kind: str) -> bool:
     return kind in ("*", "records:*") or kind.startswith("records:")
 
 
-def reach_of(session: Session, principal: Principal) -> Reach:
-    """The grants and consents that may open other organisations' records to ``principal``.
+_RULE_COLUMNS = (ConsentProvision.id, ConsentProvision.consent_id, ConsentProvision.org_id,
+                 ConsentProvision.patient_id, ConsentProvision.decision,
+                 ConsentProvision.parent_id, ConsentProvision.depth,
+                 ConsentProvision.actor_user_ids, ConsentProvision.actor_org_ids,
+                 ConsentProvision.actor_roles, ConsentProvision.purposes,
+                 ConsentProvision.data_classes, ConsentProvision.actions,
+                 ConsentProvision.start, ConsentProvision.end)
 
-    A fixed number of queries: the live grants, the permit provisions that name the caller
-    (or their organisation), the patients with a deny in a wholly granted organisation, then
-    the consents of each patient named (bounded by the grants and consents, not by results).
-    A patient (or an app launched for one) searches only their own compartment, so gets none.
+
+def _names(column: Any, value: str) -> ColumnElement[bool]:
+    return cast(column, String).like(f'%"{value}"%')
+
+
+def _empty(column: Any) -> ColumnElement[bool]:
+    return not_(cast(column, String).like('%"%'))
+
+
+def _own_rules(principal: Principal) -> Select[*tuple[Any, ...]]:
+    """Every provision of the caller's organisation's patients who have a live deny that may
+    concern the caller: one naming nobody, or their user, organisation or one of their
+    roles, for any purpose or theirs (the policy decides the rest: classes, labels, nesting).
     """
-    if principal.patient_id is not None or Role.patient in principal.roles:
-        return Reach(principal)
+    p = ConsentProvision
+    now = utcnow()
+    actors = [and_(_empty(p.actor_user_ids), _empty(p.actor_org_ids), _empty(p.actor_roles)),
+              _names(p.actor_org_ids, principal.org_id)]
+    if principal.user_id:
+        actors.append(_names(p.actor_user_ids, principal.user_id))
+    actors += [_names(p.actor_roles, role.value) for role in sorted(principal.roles)]
+    purposes = [_empty(p.purposes), _names(p.purposes, default_purpose(principal))]
+    denying = select(p.patient_id).where(
+        p.org_id == principal.org_id, p.decision == "deny", or_(*actors), or_(*purposes),
+        or_(p.start.is_(None), p.start <= now), or_(p.end.is_(None), p.end > now))
+    return select(*_RULE_COLUMNS).where(p.org_id == principal.org_id,
+                                        p.patient_id.in_(denying))
+
+
+def _rule(r: Any) -> ConsentRule:
+    return ConsentRule(
+        id=r.id, consent_id=r.consent_id, patient_id=r.patient_id, decision=r.decision,
+        parent_id=r.parent_id, depth=r.depth, actor_user_ids=frozenset(r.actor_user_ids),
+        actor_org_ids=frozenset(r.actor_org_ids), actor_roles=frozenset(r.actor_roles),
+        purposes=frozenset(r.purposes), data_classes=frozenset(r.data_classes),
+        actions=frozenset(Action(a) for a in r.actions), start=r.start, end=r.end)
+
+
+def reach_of(session: Session, principal: Principal, *, other_orgs: bool = True) -> Reach:
+    """What the policy lets ``principal`` search: the consents that narrow their own
+    organisation and (``other_orgs``) the grants and consents that open other organisations'.
+
+    A fixed number of queries: the live grants; one for the permit provisions that name the
+    caller (or their organisation) together with the consents of their own organisation's
+    patients that have a deny which may concern the caller; the patients with a deny in a
+    wholly granted organisation; then the consents of each other organisation's patient
+    named (bounded by the grants and consents, not by results). A patient (or an app
+    launched for one) searches only their own compartment, so reaches no other organisation.
+    """
+    own: dict[str, list[ConsentRule]] = {}
+    patient_only = principal.patient_id is not None or Role.patient in principal.roles
+    if not other_orgs or patient_only:
+        for row in session.execute(_own_rules(principal)):
+            own.setdefault(row.patient_id, []).append(_rule(row))
+        return Reach(principal, own={k: tuple(v) for k, v in own.items()})
     grants = tuple(g for g in grants_for(session, principal, None)
                    if g.grantor_org_id != principal.org_id and not g.deidentified_only
                    and g.workspace_id is None and any(_records_kind(k) for k in g.kinds))
@@ -183,15 +288,18 @@ def reach_of(session: Session, principal: Principal) -> Reach:
         else:
             patients[(g.grantor_org_id, g.patient_id)] = None
     p = ConsentProvision
-    named = [cast(p.actor_org_ids, String).like(f'%"{principal.org_id}"%')]
+    named = [_names(p.actor_org_ids, principal.org_id)]
     if principal.user_id:
-        named.append(cast(p.actor_user_ids, String).like(f'%"{principal.user_id}"%'))
-    for org, patient, orgs, users in session.execute(
-            select(p.org_id, p.patient_id, p.actor_org_ids, p.actor_user_ids)
-            .where(p.decision == "permit", p.org_id != principal.org_id, or_(*named))
-            .limit(_MAX_OPENINGS)):
-        if principal.org_id in orgs or (principal.user_id and principal.user_id in users):
-            patients[(org, patient)] = None
+        named.append(_names(p.actor_user_ids, principal.user_id))
+    permits = (select(*_RULE_COLUMNS)
+               .where(p.decision == "permit", p.org_id != principal.org_id, or_(*named))
+               .limit(_MAX_OPENINGS).subquery())
+    for row in session.execute(union_all(select(*permits.c), _own_rules(principal))):
+        if row.org_id == principal.org_id:
+            own.setdefault(row.patient_id, []).append(_rule(row))
+        elif principal.org_id in row.actor_org_ids or (
+                principal.user_id and principal.user_id in row.actor_user_ids):
+            patients[(row.org_id, row.patient_id)] = None
     if whole:
         for org, patient in session.execute(
                 select(p.org_id, p.patient_id).distinct()
@@ -200,4 +308,5 @@ def reach_of(session: Session, principal: Principal) -> Reach:
             patients.setdefault((org, patient), None)
     consents = {(org, patient): rules_for(session, org, patient) for org, patient in
                 list(patients)[:_MAX_OPENINGS]}
-    return Reach(principal, grants, tuple(patients), tuple(whole), consents)
+    return Reach(principal, grants, tuple(patients), tuple(whole), consents,
+                 {k: tuple(v) for k, v in own.items()})

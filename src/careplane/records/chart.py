@@ -140,15 +140,15 @@ def patient_list(session: Session, principal: Principal, query: str = "", *,
         pairs.append((key, query.replace(",", "\\,")))
     if cursor:
         pairs.append(("_cursor", cursor))
-    result = run_search(session, principal, parse_search("Patient", pairs))
+    result = run_search(session, principal, parse_search("Patient", pairs), consent=True)
     return [patient_row(f.content) for f in result.matches], result.total, result.next_cursor
 
 
 def _search(session: Session, principal: Principal, rtype: str, pid: str,
             extra: Iterable[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     pairs = [("patient", pid), ("_count", str(CHART_LIMIT)), ("_total", "none"), *extra]
-    return [f.content for f in run_search(session, principal,
-                                          parse_search(rtype, pairs)).matches]
+    return [f.content for f in run_search(session, principal, parse_search(rtype, pairs),
+                                          consent=True).matches]
 
 
 def _when(res: dict[str, Any], *keys: str) -> str:

@@ -3,8 +3,11 @@
 The record is the Patient, every resource in its Patient compartment (the spec's
 CompartmentDefinition, already resolved into ``fhir_idx_compartment`` at write time), and the
 resources those refer to (practitioners, organisations, medications, locations), all held to
-the caller's organisation. It costs three statements whatever the record's size; ``_type``,
-``_since`` and ``_count`` narrow it, and a keyset cursor pages it.
+the caller's organisation less what patients' consents refuse the caller (a patient whose
+consent refuses the caller a search of their record is answered 403: break-the-glass opens
+single reads, not the whole record; a refused type or security label leaves those resources
+out). It costs four statements whatever the record's size; ``_type``, ``_since`` and
+``_count`` narrow it, and a keyset cursor pages it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from sqlalchemy import and_, false, select
 from sqlalchemy.orm import Session
 
 from careplane.records import store
+from careplane.records.access import reach_of
 from careplane.records.errors import FhirError
 from careplane.records.models import INDEX_TABLES, idx_compartment, resource, resource_version
 from careplane.records.search import MAX_INCLUDED
 from careplane.records.search_params import MAX_COUNT
+from careplane.records.search_sql import Scope, visible
 from careplane.records.spec import resource_types
 from careplane.records.values import date_range
 from careplane.security import Principal
@@ -60,13 +65,19 @@ def everything(session: Session, principal: Principal, patient_id: str,
             after = int(value)
             continue
         used.append((name, value))
+    reach = reach_of(session, principal, other_orgs=False)
+    if patient_id in reach.own_opening("Patient").hidden_patients:
+        raise FhirError.of(403, "forbidden", "the patient's consent refuses you a search of "
+                           "this record (break-the-glass opens single reads only)")
+    scope = Scope(principal.org_id, base, reach, session.get_bind().dialect.name)
+    shown = tuple(sorted(types if types is not None else resource_types()))
     r = resource
     v = resource_version
     members = select(idx_compartment.c.resource_pk).where(
         idx_compartment.c.compartment == "Patient", idx_compartment.c.target_id == patient_id)
     stmt = (select(r.c.pk, r.c.resource_type, r.c.id, v.c.content)
             .join(v, and_(v.c.resource_pk == r.c.pk, v.c.version == r.c.version))
-            .where(r.c.pk.in_(members), r.c.org_id == principal.org_id,
+            .where(r.c.pk.in_(members), visible(r, scope, shown),
                    r.c.deleted == false(), r.c.pk > after,
                    ~and_(r.c.resource_type == "Patient", r.c.id == patient_id)))
     if types is not None:
@@ -89,7 +100,7 @@ def everything(session: Session, principal: Principal, patient_id: str,
                 .join(v, and_(v.c.resource_pk == r2.c.pk, v.c.version == r2.c.version))
                 .join(t, and_(t.c.target_type == r2.c.resource_type,
                               t.c.target_id == r2.c.id))
-                .where(t.c.resource_pk.in_(pks), r2.c.org_id == principal.org_id,
+                .where(t.c.resource_pk.in_(pks), visible(r2, scope, shown),
                        r2.c.deleted == false())
                 .limit(MAX_INCLUDED))
         if types is not None:

@@ -4,6 +4,8 @@ History is append-only, so its pages are made stable by pinning the first page's
 later pages count an offset among versions no newer than that moment, and what is written
 meanwhile appears in the next history request instead of shifting the current one. Deleted
 versions are listed without a resource, as the spec asks, with ``request.method = DELETE``.
+A type's or the system's history leaves out the patients (and labelled resources) whose
+consent refuses the caller a search, as a search does.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from urllib.parse import urlencode
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from careplane.records.access import Action, check, target
+from careplane.records.access import Action, check, reach_of, target
 from careplane.records.errors import FhirError
 from careplane.records.models import resource, resource_version
 from careplane.records.search_params import DEFAULT_COUNT, MAX_COUNT
+from careplane.records.search_sql import Scope, visible
+from careplane.records.spec import resource_types
 from careplane.records.store import current_row, now
 from careplane.records.values import date_range, format_instant
 from careplane.security import Principal
@@ -81,7 +85,11 @@ def history(session: Session, principal: Principal, params: list[tuple[str, str]
     else:
         check(session, principal, Action.search,
               target(resource_type or "Resource", principal.org_id))
-        stmt = stmt.where(v.c.org_id == principal.org_id)
+        # the organisation's history, less what patients' consents refuse the caller
+        scope = Scope(principal.org_id, base, reach_of(session, principal, other_orgs=False),
+                      session.get_bind().dialect.name)
+        types = (resource_type,) if resource_type else tuple(sorted(resource_types()))
+        stmt = stmt.where(v.c.org_id == principal.org_id, visible(resource, scope, types))
         if resource_type is not None:
             stmt = stmt.where(v.c.resource_type == resource_type)
         path = f"{resource_type}/_history" if resource_type else "_history"

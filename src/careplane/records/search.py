@@ -2,9 +2,11 @@
 
 A search costs a fixed number of SQL statements whatever it finds: one for the page of
 matches (resources and their current JSON together), one for the total when asked, and one
-per ``_include``/``_revinclude`` (per round for ``:iterate``, at most three rounds). Every
-statement is held to the caller's organisation, so neither matches, includes, totals nor the
-paging links can reveal another organisation's resources.
+per ``_include``/``_revinclude`` (per round for ``:iterate``, at most three rounds), after
+the few that find the grants and consents concerning the caller. Every statement is held to
+the caller's organisation, less the patients (or their labelled resources) whose consent
+refuses the caller, so neither matches, includes, totals nor the paging links can reveal
+another organisation's resources or a refused patient's.
 
 Paging links are stable: without ``_sort`` the order is the row key and the next page starts
 after the last key seen (a keyset), so resources created or deleted meanwhile never shift a
@@ -112,13 +114,18 @@ def compartment_clause(r: FromClause, resource_type: str, compartment: tuple[str
 
 def run_search(session: Session, principal: Principal, req: SearchRequest, *,
                base: str = "", compartment: tuple[str, str] | None = None,
-               cross_org: bool = False, timeout_ms: int = SEARCH_TIMEOUT_MS) -> SearchResult:
+               cross_org: bool = False, consent: bool | None = None,
+               timeout_ms: int = SEARCH_TIMEOUT_MS) -> SearchResult:
     """Authorise, then find one page of ``req`` (and its includes) in the caller's org.
 
     A principal that speaks for one patient (role ``patient``, or a SMART app launched for a
     patient) searches that patient's compartment, and the access decision is asked for it.
     With ``cross_org`` (a client's search, not a conditional write) the search also reaches
     what the policy opens of other organisations to the caller (:func:`access.reach_of`).
+    With ``consent`` (by default as ``cross_org``: what a caller is shown, as the web pages'
+    lists) the caller's own organisation's patients whose consent refuses the caller are
+    left out; a conditional write's match leaves it to the write's own check, so a refused
+    record is answered 403 rather than silently duplicated.
     """
     rtype = req.resource_type
     if compartment is None and principal.patient_id is not None and (
@@ -126,7 +133,9 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
         # A patient (or an app launched for one) searches within their own compartment.
         compartment = ("Patient", principal.patient_id)
     patient = compartment[1] if compartment and compartment[0] == "Patient" else None
-    reach = reach_of(session, principal) if cross_org else None
+    consent = cross_org if consent is None else consent
+    reach = reach_of(session, principal, other_orgs=cross_org) if cross_org or consent \
+        else None
     detail: dict[str, Any] = {"query": [f"{k}={v}" for k, v in req.used][:20]}
     if reach is not None and not reach.empty:
         detail["reach"] = _reach_detail(reach, (rtype,))

@@ -73,7 +73,8 @@ ANY_TYPE = "Resource"
 @dataclass(frozen=True, slots=True)
 class Scope:
     """What every condition is held to: the caller's organisation, this server's base, and
-    what the policy opens of other organisations (``reach``: grants and consents)."""
+    what the policy opens of other organisations and refuses in the caller's own
+    (``reach``: grants and consents)."""
 
     org_id: str
     base: str = ""
@@ -98,10 +99,26 @@ def _opening(r: FromClause, opening: Opening) -> ColumnElement[bool]:
     return and_(*conds)
 
 
+def _own(r: FromClause, scope: Scope, types: tuple[str, ...]) -> ColumnElement[bool]:
+    """The caller's organisation's rows, less those of patients whose consent refuses the
+    caller a search (and their resources carrying a refused label), per type."""
+    if scope.reach is None or not scope.reach.own:
+        return r.c.org_id == scope.org_id
+    by_opening: dict[Opening, list[str]] = {}
+    for t in types:
+        by_opening.setdefault(scope.reach.own_opening(t), []).append(t)
+    if len(by_opening) == 1:
+        return _opening(r, next(iter(by_opening)))
+    return or_(*(and_(r.c.resource_type.in_(ts), _opening(r, o))
+                 for o, ts in by_opening.items()))
+
+
 def visible(r: FromClause, scope: Scope, types: Iterable[str]) -> ColumnElement[bool]:
-    """Rows the caller may find: their organisation's, and for each of ``types`` what the
-    policy opens elsewhere (a granted or consenting patient's records)."""
-    own = r.c.org_id == scope.org_id
+    """Rows the caller may find: their organisation's (less what a patient's consent
+    refuses them), and for each of ``types`` what the policy opens elsewhere (a granted or
+    consenting patient's records)."""
+    types = tuple(types)
+    own = _own(r, scope, types)
     if scope.reach is None or scope.reach.empty:
         return own
     extra = [and_(r.c.resource_type == t, _opening(r, o))
