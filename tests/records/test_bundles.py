@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from careplane.platform.db import Database
 from careplane.platform.events import EventRecord
 from careplane.records.config import FhirConfig
 from careplane.records.models import INDEX_TABLES, resource, resource_version
+from careplane.security import Role
+from careplane.security.audit import AuditRecord, flush_all, verify
 from tests.records.conftest import Fhir, observation, patient
 
 PATIENT_URN = "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"
@@ -154,3 +158,62 @@ def test_bundle_limits_and_shape(fhir: Fhir, client: Any) -> None:
     twice = bundle("transaction", entry("PUT", "Patient/a", patient(id="a")),
                    entry("PUT", "Patient/a", patient(id="a")))
     assert fhir.post("", twice).status_code == 400
+
+
+def test_a_refused_entry_after_a_change_in_a_batch_is_audited_without_blocking(
+        client: TestClient, accounts: Any, db: Database) -> None:
+    """Entry 0 writes (its audit record holds the chain's lock in the batch's transaction),
+    entry 1 is refused by a patient's consent: the refusal is recorded once the batch's
+    transaction ends, rather than waiting on that lock for ever (or SQLite's busy timeout)."""
+    admin = Fhir(client, accounts.make("registrar", Role.clinician, org="org-a").headers)
+    nurse = Fhir(client, accounts.make("nurse-x", Role.clinician, org="org-a").headers)
+    pid = admin.create(patient("Refused", "Rita"))["id"]
+    admin.create({"resourceType": "Consent", "status": "active",
+                  "scope": {"coding": [{"system":
+                                        "http://terminology.hl7.org/CodeSystem/consentscope",
+                                        "code": "patient-privacy"}]},
+                  "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                  "patient": {"reference": f"Patient/{pid}"},
+                  "provision": {"type": "deny", "actor": [{
+                      "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                           "v3-ParticipationType", "code": "PRCP"}]},
+                      "reference": {"identifier": {"system": "urn:careplane:user",
+                                                   "value": "nurse-x"}}}]}})
+    other = admin.create(patient("Open", "Olga"))["id"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": observation(f"Patient/{other}"),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}}]}
+    started = time.monotonic()
+    r = nurse.post("", batch)
+    assert time.monotonic() - started < 5
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses[0].startswith("201") and statuses[1] == "403"
+    flush_all()
+    with db.session() as session:
+        refused = session.scalars(select(AuditRecord).where(
+            AuditRecord.actor_name == "nurse-x", AuditRecord.outcome == "denied")).all()
+        assert [(a.target_id, a.patient_id) for a in refused] == [(pid, pid)]
+        assert verify(session).ok
+
+
+def test_a_consent_that_cannot_be_enforced_names_its_entry_and_keeps_nothing(
+        fhir: Fhir) -> None:
+    bad_consent = {"resourceType": "Consent", "status": "active",
+                   "scope": {"coding": [{"system":
+                                         "http://terminology.hl7.org/CodeSystem/consentscope",
+                                         "code": "patient-privacy"}]},
+                   "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                   "patient": {"reference": "urn:uuid:0d8c8c48-5c55-4a8e-9d0b-4f0a52d51f01"},
+                   "provision": {"period": {"start": "2020-01-01"}}}  # permit or deny?
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0d8c8c48-5c55-4a8e-9d0b-4f0a52d51f01",
+         "resource": patient("Unsure", "Una"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": bad_consent, "request": {"method": "POST", "url": "Consent"}}]}
+    r = fhir.post("", tx)
+    assert r.status_code == 422, r.text
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Bundle.entry[1].resource"]
+    assert "Bundle.entry[1]" in issue["diagnostics"] and "permit' or 'deny'" in issue["diagnostics"]
+    assert fhir.search("Patient", {"family": "unsure"})["total"] == 0

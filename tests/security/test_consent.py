@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -133,6 +134,24 @@ def test_period_and_other_scopes(db: Database, orgs: dict[str, str]) -> None:
                    Target("records:Observation", orgs["a"], patient_id="p1"))
 
 
+@pytest.mark.parametrize(("period", "first", "after"), [
+    ({"start": "2015-01-01", "end": "2015-02-01"}, "2015-01-01", "2015-02-02"),
+    ({"start": "2015-01", "end": "2015-01"}, "2015-01-01", "2015-02-01"),
+    ({"start": "2015", "end": "2015"}, "2015-01-01", "2016-01-01"),
+    ({"start": "2015-12", "end": "2015-12"}, "2015-12-01", "2016-01-01"),
+])
+def test_periods_given_as_dates_cover_the_whole_date(db: Database, orgs: dict[str, str],
+                                                     period: dict[str, str], first: str,
+                                                     after: str) -> None:
+    """FHIR lets a period's ends be plain dates: the deny holds through the end date."""
+    with db.session() as session:
+        directive = from_fhir(session, orgs["a"], consent({"type": "deny", "period": period}))
+        rules = rules_for(session, orgs["a"], "p1")
+    assert directive.warnings == [] and len(rules) == 1
+    assert rules[0].start == datetime.fromisoformat(f"{first}T00:00:00+00:00")
+    assert rules[0].end == datetime.fromisoformat(f"{after}T00:00:00+00:00")  # exclusive
+
+
 @pytest.mark.parametrize(("resource", "message"), [
     ({"resourceType": "Patient"}, "resourceType"),
     (consent({"type": "deny"}, patient={"reference": "Group/1"}), "Patient"),
@@ -141,6 +160,7 @@ def test_period_and_other_scopes(db: Database, orgs: dict[str, str]) -> None:
     (consent(None), "needs a provision"),
     (consent({"type": "deny", "period": {"start": "yesterday"}}), "dateTime"),
     (consent({"type": "deny", "period": {"start": "2020-01-01T00:00:00"}}), "time zone"),
+    (consent({"type": "deny", "period": {"start": "2020-02-30"}}), "not a date"),
     (consent({"type": "deny", "provision": ["x"]}), "must be an object"),
 ])
 def test_bad_consents_are_refused(db: Database, orgs: dict[str, str],

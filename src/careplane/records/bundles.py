@@ -308,7 +308,11 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
         except FhirError as exc:
             raise _entry_error(item.entry.index, exc) from None
     writes = [item.write for item in pending if item.write is not None]
-    store.persist(session, writes)
+    try:
+        store.persist(session, writes)
+    except store.WriteRefused as exc:
+        entry = next(item.entry for item in pending if item.write is exc.write)
+        raise _entry_error(entry.index, exc) from None
     for item in pending:
         if item.write is None:
             continue

@@ -48,6 +48,7 @@ __all__ = [
     "StoredResource",
     "Write",
     "WriteHook",
+    "WriteRefused",
     "check_if_match",
     "create",
     "current_row",
@@ -337,6 +338,13 @@ WriteHook = Callable[[Session, "Write"], None]
 WRITE_HOOKS: dict[str, list[WriteHook]] = {}
 
 
+@dataclass(eq=False)
+class WriteRefused(FhirError):
+    """A write hook's refusal, naming the write it refused (so a bundle names its entry)."""
+
+    write: Write | None = None
+
+
 def on_write(resource_type: str, hook: WriteHook) -> None:
     """Call ``hook(session, write)`` for every write of ``resource_type`` before it is kept."""
     WRITE_HOOKS.setdefault(resource_type, []).append(hook)
@@ -349,7 +357,10 @@ def persist(session: Session, writes: Sequence[Write]) -> None:
     if WRITE_HOOKS:
         for w in writes:
             for hook in WRITE_HOOKS.get(w.resource_type, ()):
-                hook(session, w)
+                try:
+                    hook(session, w)
+                except FhirError as exc:
+                    raise WriteRefused(exc.status, exc.issues, exc.headers, write=w) from None
     new = [w for w in writes if w.pk is None]
     fresh = {id(w) for w in new}
     if new:

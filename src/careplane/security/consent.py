@@ -24,9 +24,10 @@ silently widened):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -257,9 +258,29 @@ def _codings(value: Any) -> list[Mapping[str, Any]]:
     return out
 
 
-def _instant(value: Any, where: str) -> datetime | None:
+_PARTIAL_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def _instant(value: Any, where: str, *, end: bool = False) -> datetime | None:
+    """A FHIR dateTime as an instant. A date alone (``2016``, ``2016-01``, ``2016-01-01``,
+    read in UTC) stands for its whole year, month or day: a period's start is its first
+    instant, a period's end (exclusive in the policy) the first instant after it."""
     if value is None:
         return None
+    partial = _PARTIAL_DATE.fullmatch(str(value))
+    if partial:
+        year, month, day = (int(g) if g else None for g in partial.groups())
+        try:
+            first = datetime(year or 1, month or 1, day or 1, tzinfo=UTC)
+        except ValueError as exc:
+            raise ConsentError(f"{where}: {value!r} is not a date") from exc
+        if not end:
+            return first
+        if day is not None:
+            return first + timedelta(days=1)
+        if month is not None:
+            return first.replace(year=first.year + (month == 12), month=month % 12 + 1)
+        return first.replace(year=first.year + 1)
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError as exc:
@@ -339,7 +360,7 @@ def _provision(session: Session, element: Mapping[str, Any], where: str,
     period = element.get("period") or {}
     if isinstance(period, Mapping):
         out.start = _instant(period.get("start"), f"{where}.period.start")
-        out.end = _instant(period.get("end"), f"{where}.period.end")
+        out.end = _instant(period.get("end"), f"{where}.period.end", end=True)
     if element.get("data") or element.get("dataPeriod") or element.get("code"):
         warnings.append(f"{where}: data, dataPeriod and code are not enforced")
     for i, nested in enumerate(element.get("provision") or []):

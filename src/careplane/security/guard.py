@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import HTTPException, status
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.orm import Session, SessionTransaction
 
 from careplane.security._principal import Principal, Role
 from careplane.security.audit import Outcome, flush, record, record_after_commit
@@ -25,6 +26,8 @@ from careplane.security.grants import grants_for
 from careplane.security.policy import READS, Action, Decision, Facts, Target, decide
 
 __all__ = ["authorize", "facts_for"]
+
+_REFUSALS = "careplane.guard.refusals"
 
 _IDENTIFIABLE = frozenset({"records", "imaging"})
 
@@ -57,22 +60,43 @@ def authorize(session: Session, principal: Principal, action: Action, target: Ta
               detail: dict[str, Any] | None = None) -> Decision:
     """Allow (audited in the caller's transaction) or refuse with 403 (audited on its own).
 
-    A refusal is recorded in a separate transaction because the request's own transaction is
-    rolled back when the 403 propagates, and a refused access must never go unrecorded.
+    A refusal is recorded in a transaction of its own because the request's transaction is
+    usually rolled back when the 403 propagates, and a refused access must never go
+    unrecorded. It is written once the caller's transaction has ended, committed or rolled
+    back, not at once: that transaction may hold the audit chain's lock (or SQLite's write
+    lock) for records it wrote already — a batch whose entry 1 was a change and entry 2 is
+    refused — and a second transaction waiting on it would never get it.
     """
     decision = decide(principal, action, target, purpose=purpose,
                       facts=facts_for(session, principal, target))
     if not decision.allowed:
-        # Durable at once, and after the reads this process has queued, so that the chain
-        # shows what a caller read before being refused in the order it happened.
-        flush(session.get_bind())
-        with Session(bind=session.get_bind()) as own:
-            record(own, principal, action.value, target, outcome=Outcome.denied,
-                   decision=decision, source=source,
-                   detail=_detail(decision, principal, detail))
-            own.commit()
+        refusal = dict(principal=principal, action=action.value, target=target,
+                       decision=decision, source=source,
+                       detail=_detail(decision, principal, detail))
+        if session.in_transaction():
+            session.info.setdefault(_REFUSALS, []).append(refusal)
+        else:
+            _record_refusals(session.get_bind(), [refusal])
         raise HTTPException(status.HTTP_403_FORBIDDEN, decision.reason)
     append = record_after_commit if action in READS else record
     append(session, principal, action.value, target, decision=decision, source=source,
            detail=_detail(decision, principal, detail))
     return decision
+
+
+def _record_refusals(bind: Engine | Connection, refusals: list[dict[str, Any]]) -> None:
+    """Write refusals durably in their own transaction, after the reads this process has
+    queued, so that the chain shows what a caller read before being refused in order."""
+    flush(bind)
+    with Session(bind=bind) as own:
+        for refusal in refusals:
+            record(own, refusal["principal"], refusal["action"], refusal["target"],
+                   outcome=Outcome.denied, decision=refusal["decision"],
+                   source=refusal["source"], detail=refusal["detail"])
+        own.commit()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _write_refusals(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None and _REFUSALS in session.info:
+        _record_refusals(session.get_bind(), session.info.pop(_REFUSALS))
