@@ -43,10 +43,6 @@ def _require_ohif() -> None:
 
 @pytest.fixture
 def server(db_url: str, tmp_path: Path) -> Iterator[str]:
-    if db_url.startswith("sqlite"):
-        # OHIF sends many DICOMweb requests at once; each read writes its audit record in its
-        # own transaction on SQLite, and under load some meet a locked database (503).
-        pytest.skip("OHIF is tested on PostgreSQL: its parallel reads can lock SQLite")
     with running_server(db_url, tmp_path / "data",
                         extra_env={"CAREPLANE_DICOM_OHIF_DIR": str(OHIF_DIR)}) as base:
         yield base

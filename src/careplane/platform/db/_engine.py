@@ -34,7 +34,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # IMMEDIATE: take SQLite's one write lock when the transaction starts, waiting for it up
+    # to the busy timeout. A deferred transaction that reads and then writes cannot wait: if
+    # another connection committed in between, its snapshot is stale and SQLite refuses the
+    # write at once ("database is locked"), which concurrent requests hit constantly (every
+    # audited read writes its audit record). Requests are short, so queueing them is cheap.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
