@@ -295,7 +295,11 @@ def update_docs(summary: dict[str, Any], args: argparse.Namespace) -> None:
         "",
         "The machine is shared: ingest rates move by a third from run to run as other work "
         "comes and goes (careplane and Orthanc alike; the runs alternate between them); "
-        "careplane fsyncs every file before it acknowledges it.",
+        "careplane encrypts every file at rest (AES-256-GCM) and fsyncs it before it "
+        "acknowledges it, and decrypts it again to serve it; Orthanc stores and serves "
+        "plaintext.",
+        "",
+        f"Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
         "Command: `.venv/bin/python bench/imaging_bench.py --update-docs` "
         f"(`--instances {args.instances} --repeats {args.repeats}`).",
