@@ -4,10 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system-deps lint typecheck bench clean
+.PHONY: run test setup viewer system-deps lint typecheck bench clean
 
-run: setup
+run: setup viewer
 	$(BIN)/careplane demo
+
+# The OHIF viewer's built files (npm @ohif/app), served at /ohif/; a no-op once installed.
+viewer:
+	scripts/install-ohif
 
 test: setup system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
