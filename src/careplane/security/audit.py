@@ -120,14 +120,10 @@ def _digest(row: AuditRecord, prev_hash: str) -> str:
 
 def _lock_chain(session: Session) -> None:
     """Serialise appends so that two transactions never chain onto the same predecessor."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    # On SQLite every transaction already holds the database's one write lock from its BEGIN
+    # (platform.db), so appends are serialised there without asking.
+    if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(7350001)"))
-    elif dialect == "sqlite":
-        # Take SQLite's write lock (waiting for it, up to the busy timeout) before reading
-        # the chain's head: a transaction that has only read so far would otherwise fail at
-        # its first write if another connection committed in between.
-        session.execute(text("UPDATE audit_record SET id = id WHERE 0"))
 
 
 def _values(principal: Principal | None, action: str, target: Target, outcome: Outcome,
