@@ -100,3 +100,25 @@ def observation(subject: str, code: str = "8867-4", value: float = 72, unit: str
             "valueQuantity": {"value": value, "unit": unit,
                               "system": "http://unitsofmeasure.org", "code": unit},
             **extra}
+
+
+PSY = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+
+
+def ann_and_bob(fhir: Fhir, family: str) -> dict[str, str]:
+    """Two patients of ``fhir``'s organisation, Ann and Bob, each with a pulse Observation;
+    Ann also has one labelled PSY (keys: ann, bob, ann_obs, bob_obs, ann_psy)."""
+    w: dict[str, str] = {}
+    for name in ("ann", "bob"):
+        pid = fhir.create(patient(family, name.title()))["id"]
+        w[name] = pid
+        w[f"{name}_obs"] = fhir.create(observation(f"Patient/{pid}", value=70))["id"]
+    w["ann_psy"] = fhir.create(observation(f"Patient/{w['ann']}", code="44249-1", value=9,
+                                           meta={"security": [PSY]}))["id"]
+    return w
+
+
+def found_ids(bundle: dict[str, Any]) -> set[str]:
+    """The ids of a search result's resources, OperationOutcomes left out."""
+    return {e["resource"]["id"] for e in bundle.get("entry", [])
+            if "resource" in e and e["resource"]["resourceType"] != "OperationOutcome"}

@@ -11,14 +11,7 @@ import pytest
 from careplane.platform.db import Database, utcnow
 from careplane.security import Role
 from careplane.security.consent import Provision, record_consent
-from tests.records.conftest import Fhir, observation, patient
-
-PSY = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
-
-
-def _ids(bundle: dict[str, Any]) -> set[str]:
-    return {e["resource"]["id"] for e in bundle.get("entry", [])
-            if "resource" in e and e["resource"]["resourceType"] != "OperationOutcome"}
+from tests.records.conftest import Fhir, ann_and_bob, found_ids, observation, patient
 
 
 @pytest.fixture
@@ -27,12 +20,7 @@ def world(fhir: Fhir, client: Any, accounts: Any) -> dict[str, Any]:
     nurse = accounts.make("nurse-b", Role.clinician, org="org-a")
     w: dict[str, Any] = {"a": accounts.org("org-a"), "nurse": nurse,
                          "as_nurse": Fhir(client, nurse.headers), "colleague": fhir}
-    for name in ("ann", "bob"):
-        pid = fhir.create(patient("Consent", name.title()))["id"]
-        w[name] = pid
-        w[f"{name}_obs"] = fhir.create(observation(f"Patient/{pid}", value=70))["id"]
-    w["ann_psy"] = fhir.create(observation(f"Patient/{w['ann']}", code="44249-1", value=9,
-                                           meta={"security": [PSY]}))["id"]
+    w.update(ann_and_bob(fhir, "Consent"))
     return w
 
 
@@ -43,7 +31,7 @@ def _deny(db: Database, w: dict[str, Any], patient_id: str, **provision: Any) ->
 
 
 def _everything_of(f: Fhir, pid: str) -> set[str]:
-    return _ids(f.search(f"Patient/{pid}/$everything"))
+    return found_ids(f.search(f"Patient/{pid}/$everything"))
 
 
 def test_a_deny_naming_the_caller_hides_the_patient_on_every_search_path(
@@ -51,52 +39,52 @@ def test_a_deny_naming_the_caller_hides_the_patient_on_every_search_path(
     w = world
     nurse: Fhir = w["as_nurse"]
     bob_all = {w["bob"], w["bob_obs"]}
-    assert bob_all <= _ids(nurse.search("Observation", {"_include": "Observation:subject"}))
+    assert bob_all <= found_ids(nurse.search("Observation", {"_include": "Observation:subject"}))
     _deny(db, w, w["bob"], actor_user_ids=[w["nurse"].user_id])
 
     # the read was already refused; now every search leaves Bob out
     assert nurse.get(f"Patient/{w['bob']}").status_code == 403
-    assert _ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"]}
-    assert _ids(nurse.search("Observation")) == {w["ann_obs"], w["ann_psy"]}
+    assert found_ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"]}
+    assert found_ids(nurse.search("Observation")) == {w["ann_obs"], w["ann_psy"]}
     assert nurse.search("Observation", {"_summary": "count"})["total"] == 2
     assert nurse.search("Patient", {"_total": "accurate"})["total"] == 1
     inc = nurse.search("Observation", {"_include": "Observation:subject"})
-    assert not _ids(inc) & bob_all
+    assert not found_ids(inc) & bob_all
     rev = nurse.search("Patient", {"_revinclude": "Observation:subject"})
-    assert _ids(rev) == {w["ann"], w["ann_obs"], w["ann_psy"]}
+    assert found_ids(rev) == {w["ann"], w["ann_obs"], w["ann_psy"]}
     # Bob's Observation, reached by id, by chain or by _has, stays out too
-    assert _ids(nurse.search("Observation", {"_id": w["bob_obs"]})) == set()
-    assert _ids(nurse.search("Observation", {"subject.name": "bob"})) == set()
-    assert _ids(nurse.search("Patient", {"_has:Observation:subject:code": "8867-4"})) \
+    assert found_ids(nurse.search("Observation", {"_id": w["bob_obs"]})) == set()
+    assert found_ids(nurse.search("Observation", {"subject.name": "bob"})) == set()
+    assert found_ids(nurse.search("Patient", {"_has:Observation:subject:code": "8867-4"})) \
         == {w["ann"]}
     # system searches, with and without _type
-    assert _ids(nurse.search("", {"_type": "Patient,Observation"})) \
+    assert found_ids(nurse.search("", {"_type": "Patient,Observation"})) \
         == {w["ann"], w["ann_obs"], w["ann_psy"]}
-    assert not _ids(nurse.search("", {"_id": f"{w['bob']},{w['bob_obs']}"})) & bob_all
+    assert not found_ids(nurse.search("", {"_id": f"{w['bob']},{w['bob_obs']}"})) & bob_all
     # paging links keep leaving him out
     page = nurse.search("Observation", {"_count": "1"})
-    seen = _ids(page)
+    seen = found_ids(page)
     while nxt := next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None):
         page = nurse.search("Observation", parse_qsl(urlsplit(nxt).query))
-        seen |= _ids(page)
+        seen |= found_ids(page)
     assert seen == {w["ann_obs"], w["ann_psy"]}
     # history of a type and of the system
-    assert not _ids(nurse.search("Observation/_history")) & bob_all
-    assert not _ids(nurse.search("_history")) & bob_all
-    assert w["ann_obs"] in _ids(nurse.search("_history"))
+    assert not found_ids(nurse.search("Observation/_history")) & bob_all
+    assert not found_ids(nurse.search("_history")) & bob_all
+    assert w["ann_obs"] in found_ids(nurse.search("_history"))
     # his compartment and $everything are refused outright
     assert nurse.get(f"Patient/{w['bob']}/Observation").status_code == 403
     assert nurse.get(f"Patient/{w['bob']}/$everything").status_code == 403
     # even stating an emergency opens single reads only, never a search or $everything
     urgent = {"X-Break-Glass-Reason": "collapsed in the waiting room"}
     assert nurse.get(f"Patient/{w['bob']}", headers=urgent).status_code == 200
-    assert _ids(nurse.search("Patient", {"family": "consent"}, headers=urgent)) == {w["ann"]}
+    assert found_ids(nurse.search("Patient", {"family": "consent"}, headers=urgent)) == {w["ann"]}
     assert nurse.get(f"Patient/{w['bob']}/$everything", headers=urgent).status_code == 403
     # a batch's search leaves him out as well
     batch = nurse.post("", {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Observation?_count=50"}}]})
     assert batch.status_code == 200, batch.text
-    assert _ids(batch.json()["entry"][0]["resource"]) == {w["ann_obs"], w["ann_psy"]}
+    assert found_ids(batch.json()["entry"][0]["resource"]) == {w["ann_obs"], w["ann_psy"]}
     # the web patient list
     listing = client.get("/patients", headers=w["nurse"].headers)
     assert listing.status_code == 200
@@ -104,8 +92,8 @@ def test_a_deny_naming_the_caller_hides_the_patient_on_every_search_path(
 
     # a colleague the deny does not name still finds him everywhere
     colleague: Fhir = w["colleague"]
-    assert _ids(colleague.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
-    assert w["bob_obs"] in _ids(colleague.search("Observation"))
+    assert found_ids(colleague.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
+    assert w["bob_obs"] in found_ids(colleague.search("Observation"))
     assert bob_all <= _everything_of(colleague, w["bob"])
     assert "Bob" in client.get("/patients", headers=colleague.headers).text
 
@@ -117,11 +105,11 @@ def test_a_deny_by_organisation_or_role_hides_and_one_for_others_does_not(
     other = accounts.org("org-b")
     _deny(db, w, w["bob"], actor_org_ids=[other])          # another organisation only
     _deny(db, w, w["ann"], actor_roles=["researcher"])     # another role only
-    assert _ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
-    assert w["bob_obs"] in _ids(nurse.search("Observation"))
+    assert found_ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
+    assert w["bob_obs"] in found_ids(nurse.search("Observation"))
     _deny(db, w, w["bob"], actor_org_ids=[w["a"]])         # the caller's own organisation
-    assert _ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"]}
-    assert _ids(w["colleague"].search("Patient", {"family": "consent"})) == {w["ann"]}
+    assert found_ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"]}
+    assert found_ids(w["colleague"].search("Patient", {"family": "consent"})) == {w["ann"]}
 
 
 def test_an_expired_or_future_deny_hides_nothing(db: Database, world: dict[str, Any]) -> None:
@@ -132,8 +120,8 @@ def test_an_expired_or_future_deny_hides_nothing(db: Database, world: dict[str, 
           start=now - timedelta(days=30), end=now - timedelta(days=1))
     _deny(db, w, w["ann"], actor_user_ids=[w["nurse"].user_id],
           start=now + timedelta(days=1))
-    assert _ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
-    assert {w["bob_obs"], w["ann_obs"]} <= _ids(nurse.search("Observation"))
+    assert found_ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
+    assert {w["bob_obs"], w["ann_obs"]} <= found_ids(nurse.search("Observation"))
     assert w["bob_obs"] in _everything_of(nurse, w["bob"])
 
 
@@ -141,9 +129,9 @@ def test_a_deny_of_a_purpose_the_caller_does_not_serve_hides_nothing(
         db: Database, world: dict[str, Any]) -> None:
     w = world
     _deny(db, w, w["bob"], purposes=["HRESCH"])
-    assert w["bob"] in _ids(w["as_nurse"].search("Patient", {"family": "consent"}))
+    assert w["bob"] in found_ids(w["as_nurse"].search("Patient", {"family": "consent"}))
     _deny(db, w, w["bob"], purposes=["TREAT"])             # a clinician's purpose
-    assert w["bob"] not in _ids(w["as_nurse"].search("Patient", {"family": "consent"}))
+    assert w["bob"] not in found_ids(w["as_nurse"].search("Patient", {"family": "consent"}))
 
 
 def test_a_label_deny_hides_only_the_labelled_resources(
@@ -155,16 +143,16 @@ def test_a_label_deny_hides_only_the_labelled_resources(
                        provision=Provision("permit", exceptions=[
                            Provision("deny", actor_user_ids=[w["nurse"].user_id],
                                      data_classes=["label:PSY"])]))
-    assert _ids(nurse.search("Observation")) == {w["ann_obs"], w["bob_obs"]}
+    assert found_ids(nurse.search("Observation")) == {w["ann_obs"], w["bob_obs"]}
     assert nurse.search("Observation", {"_summary": "count"})["total"] == 2
-    assert _ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
+    assert found_ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"], w["bob"]}
     rev = nurse.search("Patient", {"_id": w["ann"], "_revinclude": "Observation:subject"})
-    assert _ids(rev) == {w["ann"], w["ann_obs"]}
-    assert _ids(nurse.search(f"Patient/{w['ann']}/Observation")) == {w["ann_obs"]}
+    assert found_ids(rev) == {w["ann"], w["ann_obs"]}
+    assert found_ids(nurse.search(f"Patient/{w['ann']}/Observation")) == {w["ann_obs"]}
     assert _everything_of(nurse, w["ann"]) == {w["ann"], w["ann_obs"]}
-    assert w["ann_psy"] not in _ids(nurse.search("Observation/_history"))
+    assert w["ann_psy"] not in found_ids(nurse.search("Observation/_history"))
     # the colleague it does not name still sees the labelled result
-    assert w["ann_psy"] in _ids(w["colleague"].search("Observation"))
+    assert w["ann_psy"] in found_ids(w["colleague"].search("Observation"))
     assert w["ann_psy"] in _everything_of(w["colleague"], w["ann"])
 
 
@@ -173,9 +161,9 @@ def test_a_type_deny_hides_that_type_only(db: Database, world: dict[str, Any]) -
     nurse: Fhir = w["as_nurse"]
     _deny(db, w, w["bob"], actor_user_ids=[w["nurse"].user_id],
           data_classes=["records:Observation"])
-    assert _ids(nurse.search("Observation")) == {w["ann_obs"], w["ann_psy"]}
-    assert w["bob"] in _ids(nurse.search("Patient", {"family": "consent"}))
-    assert _ids(nurse.search("", {"_type": "Patient,Observation", "_id": ",".join(
+    assert found_ids(nurse.search("Observation")) == {w["ann_obs"], w["ann_psy"]}
+    assert w["bob"] in found_ids(nurse.search("Patient", {"family": "consent"}))
+    assert found_ids(nurse.search("", {"_type": "Patient,Observation", "_id": ",".join(
         (w["bob"], w["bob_obs"]))})) == {w["bob"]}
     assert _everything_of(nurse, w["bob"]) == {w["bob"]}
 
@@ -197,8 +185,8 @@ def test_a_fhir_consent_deny_hides_the_patient_from_the_next_search(
                    "reference": {"identifier": {"system": "urn:careplane:user",
                                                 "value": "nurse-b"}}}]}}
     w["colleague"].create(consent)
-    assert _ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"]}
-    assert w["bob"] in _ids(w["colleague"].search("Patient", {"family": "consent"}))
+    assert found_ids(nurse.search("Patient", {"family": "consent"})) == {w["ann"]}
+    assert w["bob"] in found_ids(w["colleague"].search("Patient", {"family": "consent"}))
 
 
 def test_statements_per_search_stay_fixed_with_consents(
