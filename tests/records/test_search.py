@@ -202,6 +202,30 @@ def test_results_control(fhir: Fhir, people: dict[str, str]) -> None:
                                                  "status", "code"}
 
 
+def test_total_without_total_is_counted_up_to_a_bound(fhir: Fhir, people: dict[str, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from careplane.records import search
+
+    monkeypatch.setattr(search, "COUNT_BOUND", 2)
+    # four Patients, more than the bound: no total unless asked, exact when asked
+    assert "total" not in fhir.search("Patient", {"_count": "1"})
+    assert fhir.search("Patient", {"_count": "1", "_total": "accurate"})["total"] == 4
+    assert fhir.search("Patient", {"_summary": "count"})["total"] == 4
+    assert "total" not in fhir.search("Patient", {"_count": "0"})
+    # within the bound: counted
+    assert fhir.search("Patient", {"gender": "female", "_count": "1"})["total"] == 2
+    assert fhir.search("Patient", {"gender": "female", "_count": "0"})["total"] == 2
+    # a last page shows the total itself, however many there are, sorted pages included
+    assert fhir.search("Patient", {"_count": "10"})["total"] == 4
+    first = fhir.search("Patient", {"_count": "3", "_sort": "_id"})
+    assert "total" not in first
+    last = _follow(fhir, _next(first) or "")
+    assert last["total"] == 4 and len(last["entry"]) == 1
+    # a later keyset page that is not the last one has no total; the last one counts them
+    second = _follow(fhir, _next(fhir.search("Patient", {"_count": "1"})) or "")
+    assert "total" not in second
+
+
 def test_include_and_revinclude(fhir: Fhir, people: dict[str, str]) -> None:
     bundle = fhir.search("Observation", {"code": "8867-4", "_include": "Observation:subject"})
     modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle["entry"]]
@@ -293,19 +317,23 @@ def test_queries_per_search_do_not_grow_with_results(fhir: Fhir, db: Database,
                                                      db_url: str) -> None:
     pid = fhir.create(patient("Many", "Results"))["id"]
     params = {"subject": f"Patient/{pid}", "_include": "Observation:subject",
-              "_revinclude": "Provenance:target", "_count": "100"}
+              "_revinclude": "Provenance:target"}
 
-    def statements_for(n: int) -> tuple[int, int]:
+    def statements_for(n: int, count: int) -> tuple[int, int]:
         for i in range(n):
             fhir.create(observation(f"Patient/{pid}", value=i))
         with counting(db_url, fhir.client) as seen:
-            bundle = fhir.search("Observation", params)
+            bundle = fhir.search("Observation", {**params, "_count": str(count)})
         assert bundle["total"] >= n
         return len(seen), len([s for s in seen if "fhir_" in s])
 
-    few_all, few = statements_for(2)
-    many_all, many = statements_for(25)
-    # the search itself: total, page, one per _include/_revinclude, whatever it finds
-    assert few == many == 4
+    few_all, few = statements_for(2, 100)
+    many_all, many = statements_for(25, 100)
+    # the search itself: the page, one per _include/_revinclude, whatever it finds; the page
+    # holds every match, so it gives the total
+    assert few == many == 3
+    # a page that does not hold them all: one more statement counts them
+    paged_all, paged = statements_for(0, 10)
+    assert paged == 4
     # with authentication and the audit record around it
-    assert few_all <= 12 and many_all <= 12, (few_all, many_all)
+    assert max(few_all, many_all, paged_all) <= 12, (few_all, many_all, paged_all)

@@ -1,12 +1,13 @@
 """Run a FHIR search and answer with a searchset Bundle.
 
 A search costs a fixed number of SQL statements whatever it finds: one for the page of
-matches (resources and their current JSON together), one for the total when asked, and one
-per ``_include``/``_revinclude`` (per round for ``:iterate``, at most three rounds), after
-the few that find the grants and consents concerning the caller. Every statement is held to
-the caller's organisation, less the patients (or their labelled resources) whose consent
-refuses the caller, so neither matches, includes, totals nor the paging links can reveal
-another organisation's resources or a refused patient's.
+matches (resources and their current JSON together), at most one for the total (none when
+the page shows it: see :func:`_page`), and one per ``_include``/``_revinclude`` (per round
+for ``:iterate``, at most three rounds), after the few that find the grants and consents
+concerning the caller. Every statement is held to the caller's organisation, less the
+patients (or their labelled resources) whose consent refuses the caller, so neither matches,
+includes, totals nor the paging links can reveal another organisation's resources or a
+refused patient's.
 
 Paging links are stable: without ``_sort`` the order is the row key and the next page starts
 after the last key seen (a keyset), so resources created or deleted meanwhile never shift a
@@ -56,6 +57,8 @@ ITERATE_ROUNDS = 3
 #: PostgreSQL cancels a search statement that runs longer (a safety net: a search must never
 #: hold the database for minutes, whatever plan it gets).
 SEARCH_TIMEOUT_MS = 30_000
+#: Without ``_total``, matches are counted up to this many (see :func:`_page`).
+COUNT_BOUND = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +222,34 @@ def _estimate(session: Session, r: FromClause, where: list[ColumnElement[bool]])
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
+def _count(session: Session, r: FromClause, where: list[ColumnElement[bool]],
+           bound: int | None = None) -> int | None:
+    """The number of matches; with ``bound``, None when there are more than that (the
+    count stops there, so it costs at most ``bound`` matches however many there are)."""
+    if bound is None:
+        return session.scalar(select(func.count()).select_from(r).where(*where)) or 0
+    some = select(r.c.pk).where(*where).limit(bound + 1).subquery()
+    n = session.scalar(select(func.count()).select_from(some)) or 0
+    return n if n <= bound else None
+
+
 def _page(session: Session, scope: Scope, req: SearchRequest, rtype: str,
           where: list[ColumnElement[bool]]) -> SearchResult:
+    """One page of matches (and the total the request asks for, and the includes).
+
+    Without ``_total`` the total is given when it costs little: from the page itself when
+    the page is the last one, else by counting at most :data:`COUNT_BOUND` matches; beyond
+    that the Bundle has no total (FHIR leaves it optional), as an exact count of a common
+    code at scale costs more than the page. ``_total=accurate`` always counts them all.
+    """
     r = resource
     total = None
     if req.summary == "count" or req.total == "accurate":
-        total = session.scalar(select(func.count()).select_from(r).where(*where)) or 0
+        total = _count(session, r, where)
     elif req.total == "estimate":
         total = _estimate(session, r, where)
+    elif req.total is None and req.count == 0:
+        total = _count(session, r, where, COUNT_BOUND)
     if req.summary == "count" or req.count == 0 or (total == 0 and req.total == "accurate"):
         return SearchResult([], [], total, None, warnings=req.warnings)
     cursor = _decode(req.cursor) if req.cursor else {}
@@ -249,6 +272,11 @@ def _page(session: Session, scope: Scope, req: SearchRequest, rtype: str,
     more = len(rows) > req.count
     rows = rows[:req.count]
     matches = [Found(row.pk, row.resource_type, row.id, row.content) for row in rows]
+    if req.total is None:
+        if not more and (rows or offset == 0) and "k" not in cursor:
+            total = offset + len(rows)  # the last page: the matches are all in sight
+        else:
+            total = _count(session, r, where, COUNT_BOUND)
     next_cursor = None
     prev_cursor = None
     if more:

@@ -209,7 +209,9 @@ class SearchRequest:
     includes: list[Include] = field(default_factory=list)
     summary: str | None = None
     elements: tuple[str, ...] = ()
-    total: str = "accurate"
+    #: ``_total`` as asked; ``None`` when the client did not ask (see search._page: counted
+    #: up to a bound)
+    total: str | None = None
     cursor: str | None = None
     used: list[tuple[str, str]] = field(default_factory=list)  # for the self link
     warnings: list[Issue] = field(default_factory=list)
