@@ -28,8 +28,9 @@ from fhirpathpy.models import models as _fhirpath_models
 
 from careplane.records.spec.expressions import ANY_RESOURCE_ROOTS, split_union
 
-__all__ = ["PRIMITIVE_TYPES", "Extractor", "Node", "compile_composite", "compile_expression",
-           "reference_type"]
+__all__ = ["PRIMITIVE_TYPES", "CompositeRoute", "Extractor", "Getter", "Node",
+           "compile_composite", "compile_composite_routes", "compile_expression",
+           "compile_getters", "reference_type"]
 
 _MODEL: dict[str, Any] = _fhirpath_models["r4"]
 _PATH_TYPES: dict[str, str] = _MODEL["path2Type"]
@@ -364,6 +365,112 @@ def first_keys(expression: str, resource_type: str) -> frozenset[str] | None:
             return None
         keys.add(route.ops[0].key)
     return frozenset(keys)
+
+
+#: Selects the raw JSON values of one route from a resource (no Node wrapping).
+Getter = Callable[[dict[str, Any]], list[Any]]
+
+
+def _one_key(key: str) -> Getter:
+    def get(resource: dict[str, Any]) -> list[Any]:
+        value = resource.get(key)
+        if value is None:
+            return []
+        if value.__class__ is list:
+            return [v for v in value if v is not None]
+        return [value]
+
+    return get
+
+
+def _two_keys(first: str, second: str) -> Getter:
+    def get(resource: dict[str, Any]) -> list[Any]:
+        value = resource.get(first)
+        if value is None:
+            return []
+        out: list[Any] = []
+        for item in (value if value.__class__ is list else (value,)):
+            if isinstance(item, dict):
+                inner = item.get(second)
+                if inner.__class__ is list:
+                    out.extend(v for v in inner if v is not None)
+                elif inner is not None:
+                    out.append(inner)
+        return out
+
+    return get
+
+
+def _route_getter(route: _Route) -> Getter:
+    """A route as a function of its own: the common one- and two-key paths without the
+    general loop over operations."""
+    ops = route.ops
+    if all(op.__class__ is _Get for op in ops):
+        keys = [op.key for op in ops if isinstance(op, _Get)]
+        if len(keys) == 1:
+            return _one_key(keys[0])
+        if len(keys) == 2:
+            return _two_keys(keys[0], keys[1])
+    plain = _Route(ops, "")
+    return lambda resource: [node.value for node in _run(plain, resource)]
+
+
+@cache
+def compile_getters(expression: str, resource_type: str
+                    ) -> tuple[tuple[Getter, str], ...] | None:
+    """The expression as (getter, FHIR type of what it selects) per route, for the indexer's
+    hot path; None where fhirpathpy evaluates it (use :func:`compile_expression`)."""
+    try:
+        routes = [r for member in split_union(expression)
+                  for r in _compile_member(member, resource_type)]
+    except _Unsupported:
+        return None
+    return tuple((_route_getter(r), r.type) for r in routes)
+
+
+def _keys_of(parts: Iterable[_Route]) -> frozenset[str] | None:
+    keys = set()
+    for route in parts:
+        if not route.ops or not isinstance(route.ops[0], _Get):
+            return None
+        keys.add(route.ops[0].key)
+    return frozenset(keys)
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeRoute:
+    """One route of a composite parameter, compiled for the indexer.
+
+    ``select`` gives the values the composite's expression selects (None: the resource
+    itself); ``components`` the getters of each component within such a value, with the
+    FHIR type each selects; ``keys`` per component, the elements it reads first (None
+    where unknown), so that a resource lacking them can be passed over.
+    """
+
+    select: Getter | None
+    components: tuple[tuple[tuple[Getter, str], ...], ...]
+    keys: tuple[frozenset[str] | None, ...]
+
+
+@cache
+def compile_composite_routes(expression: str, resource_type: str, components: tuple[str, ...]
+                             ) -> tuple[CompositeRoute, ...] | None:
+    """What :func:`compile_composite` evaluates, as getters (None if not compilable)."""
+    try:
+        routes = [r for member in split_union(expression)
+                  for r in _compile_member(member, resource_type)]
+        out = []
+        for route in routes:
+            parts = [[p for m in split_union(c) for p in _compile_member(m, resource_type,
+                                                                          route.context)]
+                     for c in components]
+            out.append(CompositeRoute(
+                _route_getter(route) if route.ops else None,
+                tuple(tuple((_route_getter(p), p.type) for p in part) for part in parts),
+                tuple(_keys_of(part) for part in parts)))
+    except _Unsupported:
+        return None
+    return tuple(out)
 
 
 @cache

@@ -15,17 +15,20 @@ the reference rows of the parameters the CompartmentDefinitions list.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 from careplane.records.errors import FhirError
 from careplane.records.extract import (
+    CompositeRoute,
     Extractor,
     Node,
     compile_composite,
+    compile_composite_routes,
     compile_expression,
+    compile_getters,
     first_keys,
 )
 from careplane.records.spec import (
@@ -66,15 +69,41 @@ _NUMBER_PRIMITIVES = frozenset({"integer", "decimal", "positiveInt", "unsignedIn
 _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 
 
-@dataclass
-class IndexRows:
-    """The rows of one resource, by index table name (the search-parameter type)."""
+#: The columns of each index table after ``resource_pk``, in the order of the rows'
+#: tuples (the order COPY writes them in).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "string": ("resource_type", "param", "value", "exact"),
+    "token": ("resource_type", "param", "system", "code", "text"),
+    "date": ("resource_type", "param", "low", "high"),
+    "reference": ("resource_type", "param", "target_type", "target_id", "url"),
+    "quantity": ("resource_type", "param", "low", "high", "system", "code", "canonical_low",
+                 "canonical_high", "canonical_code"),
+    "number": ("resource_type", "param", "low", "high"),
+    "uri": ("resource_type", "param", "value"),
+    "composite": ("resource_type", "param", "a_system", "a_code", "system", "code", "low",
+                  "high", "canonical_low", "canonical_high", "canonical_code", "date_low",
+                  "date_high", "value", "exact"),
+}
+#: The columns of ``fhir_idx_compartment`` after ``resource_pk``.
+COMPARTMENT_COLUMNS = ("resource_type", "compartment", "target_id")
 
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+@dataclass(slots=True)
+class IndexRows:
+    """The rows of one resource, by index table (the search-parameter type).
+
+    Rows are tuples in the order of :data:`COLUMNS` (plain tuples are what the store streams
+    to the database; building a dict per row costs more than the rest of the indexing).
+    """
+
+    tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     compartments: list[tuple[str, str]] = field(default_factory=list)  # (compartment, id)
 
-    def add(self, kind: str, row: dict[str, Any]) -> None:
-        self.rows.setdefault(kind, []).append(row)
+    @property
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        """The same rows as dicts by column name (for tests and tools, not the write path)."""
+        return {kind: [dict(zip(COLUMNS[kind], row, strict=True)) for row in rows]
+                for kind, rows in self.tables.items()}
 
     @property
     def patient_id(self) -> str | None:
@@ -97,12 +126,38 @@ def indexed_params(resource_type: str) -> tuple[tuple[SearchParam, Extractor], .
     return tuple(out)
 
 
+#: A value getter and the FHIR type of what it selects ('' where only its shape tells).
+_Part = tuple[Callable[[dict[str, Any]], list[Any]], str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One indexed parameter of a type, ready to run on a resource of that type."""
+
+    code: str
+    kind: str                      # the index table (the parameter's type)
+    parts: tuple[_Part, ...]       # one per route of the expression
+    keys: frozenset[str] | None    # the top-level elements it reads; None: unknown
+    where: str                     # ``Type.code``, named in a refusal
+
+
+def _fhirpath_part(extract: Extractor) -> _Part:
+    return (lambda resource: [node.value for node in extract(resource)], "")
+
+
 @cache
-def _indexing_plan(resource_type: str
-                   ) -> tuple[tuple[SearchParam, Extractor, frozenset[str] | None], ...]:
-    """``indexed_params`` with the top-level elements each one reads (to skip the absent)."""
-    return tuple((param, extract, first_keys(param.expression, resource_type))
-                 for param, extract in indexed_params(resource_type))
+def _indexing_plan(resource_type: str) -> tuple[_Step, ...]:
+    """``indexed_params`` compiled for the hot path: plain getters where the expression is a
+    path, and the top-level elements each one reads (to skip those a resource lacks)."""
+    out = []
+    for param, extract in indexed_params(resource_type):
+        assert param.expression is not None
+        getters = compile_getters(param.expression, resource_type)
+        parts = getters if getters is not None else (_fhirpath_part(extract),)
+        out.append(_Step(param.code, param.type, parts,
+                         first_keys(param.expression, resource_type),
+                         f"{resource_type}.{param.code}"))
+    return tuple(out)
 
 
 CompositeExtractor = Callable[[dict[str, Any]], list[tuple[list[Node], ...]]]
@@ -127,22 +182,27 @@ def composite_params(resource_type: str) -> tuple[tuple[SearchParam, CompositeEx
 
 
 @cache
-def _compartment_params(resource_type: str) -> tuple[tuple[str, frozenset[str]], ...]:
+def _compartment_params(resource_type: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per compartment, the parameters that put a resource in it, patient-naming first."""
     out = []
-    for compartment in sorted(COMPARTMENTS, key=lambda c: c != "Patient"):
-        codes = frozenset(compartment_params(compartment, resource_type))
+    for compartment in sorted(COMPARTMENTS, key=lambda c: (c != "Patient", c)):
+        codes = sorted(compartment_params(compartment, resource_type), key=_compartment_order)
         if codes or compartment == resource_type:
-            out.append((compartment, codes))
+            out.append((compartment, tuple(codes)))
     return tuple(out)
 
 
 # -- values per search type -----------------------------------------------------------------
+#
+# Each takes the JSON value and its FHIR type (``_shape`` guesses the type where the
+# expression could not say) and returns what the index table needs from it.
 
-def _shape(node: Node) -> str:
-    """The FHIR type of a value selected without type information, from its shape."""
-    if node.type:
-        return node.type
-    v = node.value
+def _shape(value: Any, ftype: str = "") -> str:
+    """The FHIR type of a value: the one its expression gave, else one guessed from its
+    shape (values selected by fhirpathpy carry no type)."""
+    if ftype:
+        return ftype
+    v = value
     if isinstance(v, bool):
         return "boolean"
     if isinstance(v, (int, float)):
@@ -176,113 +236,139 @@ def _shape(node: Node) -> str:
     return ""
 
 
-def _strings(node: Node) -> Iterator[str]:
-    kind = _shape(node)
-    v = node.value
+def _strings(v: Any, kind: str) -> list[str]:
     if isinstance(v, str):
-        yield v
-    elif kind == "HumanName" and isinstance(v, dict):
+        return [v]
+    if not isinstance(v, dict):
+        return []
+    out: list[str] = []
+    if kind == "HumanName":
         for key in ("text", "family"):
             if isinstance(v.get(key), str):
-                yield v[key]
+                out.append(v[key])
         for key in ("given", "prefix", "suffix"):
-            yield from (p for p in v.get(key) or () if isinstance(p, str))
-    elif kind == "Address" and isinstance(v, dict):
+            out.extend(p for p in v.get(key) or () if isinstance(p, str))
+    elif kind == "Address":
         for key in ("text", "city", "district", "state", "postalCode", "country"):
             if isinstance(v.get(key), str):
-                yield v[key]
-        yield from (p for p in v.get("line") or () if isinstance(p, str))
-    elif kind == "CodeableConcept" and isinstance(v, dict) and isinstance(v.get("text"), str):
-        yield v["text"]
+                out.append(v[key])
+        out.extend(p for p in v.get("line") or () if isinstance(p, str))
+    elif kind == "CodeableConcept" and isinstance(v.get("text"), str):
+        out.append(v["text"])
+    return out
 
 
-def _tokens(node: Node) -> Iterator[tuple[str | None, str | None, str | None]]:
+_Token = tuple[str | None, str | None, str | None]
+
+
+def _tokens(v: Any, kind: str) -> list[_Token]:
     """(system, code, folded text) triples."""
-    kind = _shape(node)
-    v = node.value
     if isinstance(v, bool):
-        yield None, "true" if v else "false", None
-    elif isinstance(v, (str, int, float)):
-        yield None, str(v), None
-    elif not isinstance(v, dict):
-        return
-    elif kind == "CodeableConcept":
+        return [(None, "true" if v else "false", None)]
+    if isinstance(v, (str, int, float)):
+        return [(None, str(v), None)]
+    if not isinstance(v, dict):
+        return []
+    if kind == "CodeableConcept":
+        out: list[_Token] = []
         for coding in v.get("coding") or ():
             if isinstance(coding, dict):
-                yield from _coding(coding)
-        if isinstance(v.get("text"), str):
-            yield None, None, fold(v["text"])
-    elif kind == "Coding":
-        yield from _coding(v)
-    elif kind == "Identifier":
-        text = (v.get("type") or {}).get("text") if isinstance(v.get("type"), dict) else None
-        if isinstance(v.get("value"), str) or isinstance(v.get("system"), str):
-            yield (_text_or_none(v.get("system")), _text_or_none(v.get("value")),
-                   fold(text) if isinstance(text, str) else None)
-    elif kind == "ContactPoint":
-        if isinstance(v.get("value"), str):
-            yield None, v["value"], None
-    elif kind == "Reference" and isinstance(v.get("identifier"), dict):
-        yield from _tokens(Node(v["identifier"], "Identifier"))
+                _coding(coding, out)
+        text = v.get("text")
+        if isinstance(text, str):
+            out.append((None, None, fold(text)))
+        return out
+    if kind == "Coding":
+        out = []
+        _coding(v, out)
+        return out
+    if kind == "Identifier":
+        kind_of = v.get("type")
+        text = kind_of.get("text") if isinstance(kind_of, dict) else None
+        system, value = v.get("system"), v.get("value")
+        if isinstance(value, str) or isinstance(system, str):
+            return [(system if isinstance(system, str) else None,
+                     value if isinstance(value, str) else None,
+                     fold(text) if isinstance(text, str) else None)]
+        return []
+    if kind == "ContactPoint":
+        value = v.get("value")
+        return [(None, value, None)] if isinstance(value, str) else []
+    if kind == "Reference" and isinstance(v.get("identifier"), dict):
+        return _tokens(v["identifier"], "Identifier")
+    return []
 
 
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _coding(c: dict[str, Any]) -> Iterator[tuple[str | None, str | None, str | None]]:
+def _coding(c: dict[str, Any], out: list[_Token]) -> None:
     system, code, display = c.get("system"), c.get("code"), c.get("display")
     if isinstance(code, str) or isinstance(system, str):
-        yield (_text_or_none(system), _text_or_none(code),
-               fold(display) if isinstance(display, str) else None)
+        out.append((system if isinstance(system, str) else None,
+                    code if isinstance(code, str) else None,
+                    fold(display) if isinstance(display, str) else None))
 
 
-def _dates(node: Node, where: str) -> Iterator[tuple[Any, Any]]:
-    kind = _shape(node)
-    v = node.value
+def _dates(v: Any, kind: str, where: str) -> list[tuple[Any, Any]]:
     try:
-        if isinstance(v, str) and kind in _DATE_TYPES:
-            r = date_range(v)
-            yield r.low, r.high
-        elif isinstance(v, str):  # free text in a choice (occurrenceString): a date or nothing
-            try:
-                r = date_range(v)
-            except ValueError:
-                return
-            yield r.low, r.high
-        elif kind == "Period" and isinstance(v, dict):
-            start = date_range(v["start"]).low if isinstance(v.get("start"), str) else DATE_MIN
-            end = date_range(v["end"]).high if isinstance(v.get("end"), str) else DATE_MAX
-            if "start" in v or "end" in v:
-                yield start, max(start, end)
-        elif kind == "Timing" and isinstance(v, dict):
-            for event in v.get("event") or ():
-                if isinstance(event, str):
-                    r = date_range(event)
-                    yield r.low, r.high
-            bounds = (v.get("repeat") or {}).get("boundsPeriod")
-            if isinstance(bounds, dict):
-                yield from _dates(Node(bounds, "Period"), where)
+        return _date_pairs(v, kind)
     except ValueError as exc:
         raise FhirError.of(422, "value", f"{where}: {exc}", expression=where) from None
 
 
-def _references(node: Node) -> Iterator[tuple[str | None, str | None, str | None]]:
-    kind = _shape(node)
-    v = node.value
-    if isinstance(v, str) and kind in ("canonical", "uri", "url", "string", ""):
-        ref = parse_reference(v)
-        if ref is not None:
-            yield ref.type, ref.id, ref.url
-    elif kind == "Resource" and isinstance(v, dict):
+def _date_pairs(v: Any, kind: str) -> list[tuple[Any, Any]]:
+    if isinstance(v, str) and kind in _DATE_TYPES:
+        r = date_range(v)
+        return [(r.low, r.high)]
+    if isinstance(v, str):  # free text in a choice (occurrenceString): a date or nothing
+        try:
+            r = date_range(v)
+        except ValueError:
+            return []
+        return [(r.low, r.high)]
+    if not isinstance(v, dict):
+        return []
+    if kind == "Period":
+        if "start" not in v and "end" not in v:
+            return []
+        start = date_range(v["start"]).low if isinstance(v.get("start"), str) else DATE_MIN
+        end = date_range(v["end"]).high if isinstance(v.get("end"), str) else DATE_MAX
+        return [(start, max(start, end))]
+    if kind == "Timing":
+        out = []
+        for event in v.get("event") or ():
+            if isinstance(event, str):
+                r = date_range(event)
+                out.append((r.low, r.high))
+        bounds = (v.get("repeat") or {}).get("boundsPeriod")
+        if isinstance(bounds, dict):
+            out.extend(_date_pairs(bounds, "Period"))
+        return out
+    return []
+
+
+def _references(v: Any, kind: str) -> list[tuple[str | None, str | None, str | None]]:
+    if isinstance(v, str):
+        if kind in ("canonical", "uri", "url", "string", ""):
+            ref = parse_reference(v)
+            if ref is not None:
+                return [(ref.type, ref.id, ref.url)]
+        return []
+    if not isinstance(v, dict):
+        return []
+    if kind == "Resource":
         if isinstance(v.get("resourceType"), str) and isinstance(v.get("id"), str):
-            yield v["resourceType"], v["id"], None
-    elif kind == "Attachment" and isinstance(v, dict) and isinstance(v.get("url"), str):
-        yield None, None, cut(v["url"])
-    elif isinstance(v, dict) and isinstance(v.get("reference"), str):
+            return [(v["resourceType"], v["id"], None)]
+        return []
+    if kind == "Attachment":
+        return [(None, None, cut(v["url"]))] if isinstance(v.get("url"), str) else []
+    if isinstance(v.get("reference"), str):
         ref = parse_reference(v["reference"])
         if ref is not None:
-            yield ref.type, ref.id, ref.url
+            return [(ref.type, ref.id, ref.url)]
+    return []
 
 
 def _decimal(value: Any) -> float | None:
@@ -291,69 +377,58 @@ def _decimal(value: Any) -> float | None:
     return float(value)
 
 
-def _quantities(node: Node) -> Iterator[dict[str, Any]]:
-    kind = _shape(node)
-    v = node.value
+_Quantity = tuple[float, float, str | None, str | None, float | None, float | None, str | None]
+
+
+def _quantities(v: Any, kind: str) -> list[_Quantity]:
+    """(low, high, system, code, canonical low, canonical high, canonical code)."""
     if kind == "Range" and isinstance(v, dict):
         low: dict[str, Any] = v["low"] if isinstance(v.get("low"), dict) else {}
         high: dict[str, Any] = v["high"] if isinstance(v.get("high"), dict) else {}
         lo, hi = _decimal(low.get("value")), _decimal(high.get("value"))
         if lo is None and hi is None:
-            return
+            return []
         unit = low if lo is not None else high
-        yield _quantity_row(lo if lo is not None else float("-inf"),
-                            hi if hi is not None else float("inf"), unit)
-    elif kind == "Money" and isinstance(v, dict):
+        return [_quantity(lo if lo is not None else float("-inf"),
+                          hi if hi is not None else float("inf"), unit)]
+    if kind == "Money" and isinstance(v, dict):
         value = _decimal(v.get("value"))
-        if value is not None:
-            yield _quantity_row(value, value, {"system": "urn:iso:std:iso:4217",
-                                               "code": v.get("currency")})
-    elif isinstance(v, dict):
+        if value is None:
+            return []
+        return [_quantity(value, value, {"system": "urn:iso:std:iso:4217",
+                                         "code": v.get("currency")})]
+    if isinstance(v, dict):
         value = _decimal(v.get("value"))
-        if value is not None:
-            yield _quantity_row(value, value, v)
-    else:
-        value = _decimal(v)
-        if value is not None:
-            yield _quantity_row(value, value, {})
+        return [] if value is None else [_quantity(value, value, v)]
+    value = _decimal(v)
+    return [] if value is None else [_quantity(value, value, _NO_UNIT)]
 
 
-def _quantity_row(low: float, high: float, unit: dict[str, Any]) -> dict[str, Any]:
+_NO_UNIT: dict[str, Any] = {}
+
+
+def _quantity(low: float, high: float, unit: dict[str, Any]) -> _Quantity:
     system = _text_or_none(unit.get("system"))
     code = _text_or_none(unit.get("code"))
-    row: dict[str, Any] = {"low": low, "high": high, "system": system, "code": code,
-                           "canonical_low": None, "canonical_high": None,
-                           "canonical_code": None}
+    stored = code
     if code is None and isinstance(unit.get("unit"), str):
-        row["code"] = cut(unit["unit"])
+        stored = cut(unit["unit"])
     if code is not None and system == UCUM_SYSTEM:
         factor, canon = canonical(code)
-        row.update(canonical_low=low * factor, canonical_high=high * factor,
-                   canonical_code=cut(canon))
-    return row
+        return (low, high, system, stored, low * factor, high * factor, cut(canon))
+    return (low, high, system, stored, None, None, None)
 
 
-def _numbers(node: Node) -> Iterator[tuple[float, float]]:
-    v = node.value
-    if isinstance(v, dict) and _shape(node) == "Range":
+def _numbers(v: Any, kind: str) -> list[tuple[float, float]]:
+    if isinstance(v, dict) and kind == "Range":
         lo = _decimal((v.get("low") or {}).get("value"))
         hi = _decimal((v.get("high") or {}).get("value"))
         if lo is not None or hi is not None:
-            yield (lo if lo is not None else float("-inf"), hi if hi is not None else float("inf"))
-    elif isinstance(v, dict):
-        value = _decimal(v.get("value"))
-        if value is not None:
-            yield value, value
-    else:
-        value = _decimal(v)
-        if value is not None:
-            yield value, value
-
-
-def _uris(node: Node) -> Iterator[str]:
-    v = node.value
-    if isinstance(v, str):
-        yield cut(v)
+            return [(lo if lo is not None else float("-inf"),
+                     hi if hi is not None else float("inf"))]
+        return []
+    value = _decimal(v.get("value")) if isinstance(v, dict) else _decimal(v)
+    return [] if value is None else [(value, value)]
 
 
 # -- the resource ---------------------------------------------------------------------------
@@ -361,131 +436,164 @@ def _uris(node: Node) -> Iterator[str]:
 def index_resource(resource: dict[str, Any]) -> IndexRows:
     """Every index row of ``resource`` (without ``resource_pk``, which the store adds)."""
     rtype = resource["resourceType"]
-    out = IndexRows()
+    tables: dict[str, list[tuple[Any, ...]]] = {}
     refs_by_param: dict[str, list[tuple[str | None, str | None]]] = {}
-    for param, extract, keys in _indexing_plan(rtype):
+    for step in _indexing_plan(rtype):
+        keys = step.keys
         if keys is not None and keys.isdisjoint(resource):
             continue
-        nodes = extract(resource)
-        if not nodes:
-            continue
-        code = param.code
-        base = {"resource_type": rtype, "param": code}
+        code = step.code
+        kind = step.kind
         seen: set[Any] = set()
-        kind = param.type
-        for node in nodes:
-            if kind == "string":
-                for s in _strings(node):
-                    key = (fold(s), s)
-                    if key[0] and key not in seen:
-                        seen.add(key)
-                        out.add(kind, {**base, "value": key[0], "exact": s})
-            elif kind == "token":
-                for system, tcode, text in _tokens(node):
-                    key3 = (cut(system) if system else None, cut(tcode) if tcode else None, text)
-                    if key3 not in seen and (system or tcode or text):
-                        seen.add(key3)
-                        out.add(kind, {**base, "system": key3[0], "code": key3[1],
-                                       "text": key3[2]})
-                if _shape(node) == "Identifier":
-                    for row in _of_type(node.value):
-                        out.add(kind, {**base, "param": f"{code}{OF_TYPE}", **row})
-            elif kind == "date":
-                for low, high in _dates(node, f"{rtype}.{code}"):
-                    if (low, high) not in seen:
-                        seen.add((low, high))
-                        out.add(kind, {**base, "low": low, "high": high})
-            elif kind == "reference":
-                for ttype, tid, url in _references(node):
-                    if (ttype, tid, url) not in seen:
-                        seen.add((ttype, tid, url))
-                        out.add(kind, {**base, "target_type": ttype, "target_id": tid,
-                                       "url": url})
-                        refs_by_param.setdefault(code, []).append((ttype, tid))
-                ident = node.value.get("identifier") if isinstance(node.value, dict) else None
-                if isinstance(ident, dict):
-                    for system, value, _ in _tokens(Node(ident, "Identifier")):
-                        if value is not None:
-                            out.add("token", {**base, "param": f"{code}{BY_IDENTIFIER}",
-                                              "system": cut(system) if system else None,
-                                              "code": cut(value), "text": None})
-            elif kind == "quantity":
-                for row in _quantities(node):
-                    out.add(kind, {**base, **row})
-            elif kind == "number":
-                for low, high in _numbers(node):
-                    out.add(kind, {**base, "low": low, "high": high})
-            elif kind == "uri":
-                for u in _uris(node):
+        rows = tables.get(kind)
+        if rows is None:
+            rows = tables[kind] = []
+        for get, ftype in step.parts:
+            for v in get(resource):
+                shape = ftype or _shape(v)
+                if kind == "token":
+                    for system, tcode, text in _tokens(v, shape):
+                        key3 = (cut(system) if system else None, cut(tcode) if tcode else None,
+                                text)
+                        if key3 not in seen and (system or tcode or text):
+                            seen.add(key3)
+                            rows.append((rtype, code, *key3))
+                    if shape == "Identifier":
+                        _of_type(rtype, code, v, rows)
+                elif kind == "reference":
+                    for target in _references(v, shape):
+                        if target not in seen:
+                            seen.add(target)
+                            rows.append((rtype, code, *target))
+                            refs_by_param.setdefault(code, []).append(target[:2])
+                    ident = v.get("identifier") if isinstance(v, dict) else None
+                    if isinstance(ident, dict):
+                        for system, value, _ in _tokens(ident, "Identifier"):
+                            if value is not None:
+                                tables.setdefault("token", []).append(
+                                    (rtype, f"{code}{BY_IDENTIFIER}",
+                                     cut(system) if system else None, cut(value), None))
+                elif kind == "date":
+                    for pair in _dates(v, shape, step.where):
+                        if pair not in seen:
+                            seen.add(pair)
+                            rows.append((rtype, code, *pair))
+                elif kind == "string":
+                    for text in _strings(v, shape):
+                        key = (fold(text), text)
+                        if key[0] and key not in seen:
+                            seen.add(key)
+                            rows.append((rtype, code, *key))
+                elif kind == "quantity":
+                    rows.extend((rtype, code, *q) for q in _quantities(v, shape))
+                elif kind == "number":
+                    rows.extend((rtype, code, *n) for n in _numbers(v, shape))
+                elif kind == "uri" and isinstance(v, str):
+                    u = cut(v)
                     if u not in seen:
                         seen.add(u)
-                        out.add(kind, {**base, "value": u})
-    for param, extract_parts in composite_params(rtype):
-        where = f"{rtype}.{param.code}"
-        second_type = param.components[1].type
-        seen_rows: set[tuple[Any, ...]] = set()
-        for firsts, seconds in extract_parts(resource):
-            heads = [(sys_, code) for n in firsts for sys_, code, _ in _tokens(n)
-                     if code is not None]
-            tails = [t for n in seconds for t in _composite_second(second_type, n, where)]
-            for a_system, a_code in heads:
-                for tail in tails:
-                    row = {"resource_type": rtype, "param": param.code,
-                           "a_system": cut(a_system) if a_system else None,
-                           "a_code": cut(a_code), **_COMPOSITE_EMPTY, **tail}
-                    row_key = tuple(sorted(row.items(), key=lambda kv: kv[0]))
-                    if row_key not in seen_rows:
-                        seen_rows.add(row_key)
-                        out.add("composite", row)
+                        rows.append((rtype, code, u))
+    _composites(rtype, resource, tables)
+    compartments: list[tuple[str, str]] = []
     for compartment, codes in _compartment_params(rtype):
         members: list[str] = []
         if compartment == rtype and isinstance(resource.get("id"), str):
             members.append(resource["id"])
-        for code in sorted(codes, key=_compartment_order):
+        for code in codes:
             for ttype, tid in refs_by_param.get(code, ()):
                 if ttype == compartment and tid and tid not in members:
                     members.append(tid)
-        out.compartments.extend((compartment, m) for m in members)
-    return out
+        compartments.extend((compartment, m) for m in members)
+    return IndexRows({k: v for k, v in tables.items() if v}, compartments)
 
 
-def _of_type(identifier: Any) -> Iterator[dict[str, Any]]:
+def _of_type(rtype: str, code: str, identifier: Any, rows: list[tuple[Any, ...]]) -> None:
     """Rows for ``:of-type``: the identifier's type coding (as ``system|code``) and value."""
     if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
         return
     kind = identifier.get("type")
     for coding in (kind.get("coding") or ()) if isinstance(kind, dict) else ():
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-            yield {"system": cut(f"{coding.get('system') or ''}|{coding['code']}"),
-                   "code": cut(identifier["value"]), "text": None}
+            rows.append((rtype, f"{code}{OF_TYPE}",
+                         cut(f"{coding.get('system') or ''}|{coding['code']}"),
+                         cut(identifier["value"]), None))
 
 
-_COMPOSITE_EMPTY: dict[str, Any] = {
-    "system": None, "code": None, "low": None, "high": None, "canonical_low": None,
-    "canonical_high": None, "canonical_code": None, "date_low": None, "date_high": None,
-    "value": None, "exact": None}
+# The second part of a composite row: system, code, low, high, canonical low, canonical
+# high, canonical code, date low, date high, value, exact (the columns after a_code).
+_Second = tuple[Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any]
 
 
-def _composite_second(kind: str, node: Node, where: str) -> Iterator[dict[str, Any]]:
+def _composites(rtype: str, resource: dict[str, Any],
+                tables: dict[str, list[tuple[Any, ...]]]) -> None:
+    for code, second_type, routes, where in _composite_plan(rtype):
+        seen_rows: set[tuple[Any, ...]] = set()
+        for route in routes:
+            if route.select is None:
+                first_keys_, second_keys = route.keys
+                # Nothing to pair without the second part; without the first, only a date
+                # (which may be refused) is worth reading.
+                if second_keys is not None and second_keys.isdisjoint(resource):
+                    continue
+                if first_keys_ is not None and first_keys_.isdisjoint(resource) \
+                        and second_type != "date":
+                    continue
+                nodes: list[Any] = [resource]
+            else:
+                nodes = route.select(resource)
+            firsts, seconds = route.components
+            for node in nodes:
+                if not isinstance(node, dict):
+                    continue
+                heads = [(sys_, head) for get, ftype in firsts for v in get(node)
+                         for sys_, head, _ in _tokens(v, ftype or _shape(v))
+                         if head is not None]
+                tails = [t for get, ftype in seconds for v in get(node)
+                         for t in _composite_second(second_type, v, ftype, where)]
+                for a_system, a_code in heads:
+                    for tail in tails:
+                        row = (rtype, code, cut(a_system) if a_system else None,
+                               cut(a_code), *tail)
+                        if row not in seen_rows:
+                            seen_rows.add(row)
+                            tables.setdefault("composite", []).append(row)
+
+
+@cache
+def _composite_plan(resource_type: str
+                    ) -> tuple[tuple[str, str, tuple[CompositeRoute, ...], str], ...]:
+    """``composite_params`` compiled to getters: (code, second part's type, routes, where)."""
+    out = []
+    for param, _ in composite_params(resource_type):
+        assert param.expression is not None
+        first, second = param.components
+        routes = compile_composite_routes(param.expression, resource_type,
+                                          (first.expression, second.expression))
+        assert routes is not None  # composite_params keeps only the compilable
+        out.append((param.code, second.type, routes, f"{resource_type}.{param.code}"))
+    return tuple(out)
+
+
+def _composite_second(kind: str, v: Any, ftype: str, where: str) -> list[_Second]:
     """The columns of a composite's second part, by its type."""
+    shape = ftype or _shape(v)
     if kind == "token":
-        for system, code, _ in _tokens(node):
-            if code is not None:
-                yield {"system": cut(system) if system else None, "code": cut(code)}
-    elif kind == "quantity":
-        for q in _quantities(node):
-            yield {k: q[k] for k in ("low", "high", "system", "code", "canonical_low",
-                                     "canonical_high", "canonical_code")}
-    elif kind == "number":
-        for low, high in _numbers(node):
-            yield {"low": low, "high": high}
-    elif kind == "date":
-        for low, high in _dates(node, where):
-            yield {"date_low": low, "date_high": high}
-    elif kind == "string":
-        for text in _strings(node):
-            if fold(text):
-                yield {"value": fold(text), "exact": text}
+        return [(cut(system) if system else None, cut(code), None, None, None, None, None,
+                 None, None, None, None)
+                for system, code, _ in _tokens(v, shape) if code is not None]
+    if kind == "quantity":
+        return [(system, code, low, high, c_low, c_high, c_code, None, None, None, None)
+                for low, high, system, code, c_low, c_high, c_code in _quantities(v, shape)]
+    if kind == "number":
+        return [(None, None, low, high, None, None, None, None, None, None, None)
+                for low, high in _numbers(v, shape)]
+    if kind == "date":
+        return [(None, None, None, None, None, None, None, low, high, None, None)
+                for low, high in _dates(v, shape, where)]
+    if kind == "string":
+        return [(None, None, None, None, None, None, None, None, None, fold(text), text)
+                for text in _strings(v, shape) if fold(text)]
+    return []
 
 
 def _compartment_order(code: str) -> tuple[int, str]:

@@ -22,17 +22,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Column, Row, Table, and_, bindparam, delete, insert, or_, select, text
+from sqlalchemy import JSON, Row, Table, and_, bindparam, delete, insert, or_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import FromClause
 
 from careplane.platform.db import new_id, utcnow
-from careplane.platform.events import CHANNEL, EventRecord, publish
+from careplane.platform.events import CHANNEL, EventRecord, mark_published, publish
 from careplane.records.access import Action, check, target
 from careplane.records.errors import FhirError
-from careplane.records.indexer import IndexRows, index_resource
+from careplane.records.indexer import COLUMNS, COMPARTMENT_COLUMNS, IndexRows, index_resource
 from careplane.records.models import (
     INDEX_TABLES,
     idx_compartment,
@@ -364,18 +364,7 @@ def persist(session: Session, writes: Sequence[Write]) -> None:
     new = [w for w in writes if w.pk is None]
     fresh = {id(w) for w in new}
     if new:
-        try:
-            pks = session.execute(
-                insert(resource).returning(resource.c.pk, sort_by_parameter_order=True),
-                [{"resource_type": w.resource_type, "id": w.id, "org_id": w.org_id,
-                  "version": w.version, "last_updated": w.last_updated,
-                  "deleted": w.content is None, "patient_id": w.patient_id} for w in new],
-            ).scalars().all()
-        except IntegrityError:
-            raise FhirError.of(409, "duplicate", "a resource with this id was created at the "
-                               "same time; retry") from None
-        for w, pk in zip(new, pks, strict=True):
-            w.pk = pk
+        _insert_logical(session, new)
     old = [w for w in writes if id(w) not in fresh]
     if old:
         session.execute(
@@ -389,25 +378,25 @@ def persist(session: Session, writes: Sequence[Write]) -> None:
         stale = [w.pk for w in old]
         for table in (*INDEX_TABLES.values(), idx_compartment):
             session.execute(delete(table).where(table.c.resource_pk.in_(stale)))
-    bulk_insert(session, resource_version, [
-        {"resource_pk": w.pk, "version": w.version, "resource_type": w.resource_type,
-         "org_id": w.org_id, "last_updated": w.last_updated, "method": w.method,
-         "deleted": w.content is None, "content": w.content} for w in writes])
-    rows: dict[str, list[dict[str, Any]]] = {}
-    compartments: list[dict[str, Any]] = []
+    insert_rows(session, resource_version, _VERSION_COLUMNS, [
+        (w.pk, w.version, w.resource_type, w.org_id, w.last_updated, w.method,
+         w.content is None, JsonText(w.content) if w.content is not None else None)
+        for w in writes])
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    compartments: list[tuple[Any, ...]] = []
     for w in writes:
         if w.index is None:
             continue
-        for kind, kind_rows in w.index.rows.items():
-            for r in kind_rows:  # the rows are this write's own: numbered in place
-                r["resource_pk"] = w.pk
-            rows.setdefault(kind, []).extend(kind_rows)
-        compartments.extend({"resource_pk": w.pk, "resource_type": w.resource_type,
-                             "compartment": c, "target_id": t}
-                            for c, t in w.index.compartments)
+        pk = w.pk
+        for kind, kind_rows in w.index.tables.items():
+            found = rows.get(kind)
+            if found is None:
+                found = rows[kind] = []
+            found.extend([(pk, *r) for r in kind_rows])
+        compartments.extend([(pk, w.resource_type, c, t) for c, t in w.index.compartments])
     for kind, kind_rows in rows.items():
-        bulk_insert(session, INDEX_TABLES[kind], kind_rows)
-    bulk_insert(session, idx_compartment, compartments)
+        insert_rows(session, INDEX_TABLES[kind], ("resource_pk", *COLUMNS[kind]), kind_rows)
+    insert_rows(session, idx_compartment, ("resource_pk", *COMPARTMENT_COLUMNS), compartments)
     events: list[tuple[str, dict[str, Any]]] = [
         (w.org_id, {"resourceType": w.resource_type, "id": w.id,
                     "versionId": str(w.version),
@@ -422,68 +411,137 @@ def persist(session: Session, writes: Sequence[Write]) -> None:
         _publish_many(session, events)
 
 
+_VERSION_COLUMNS = ("resource_pk", "version", "resource_type", "org_id", "last_updated",
+                    "method", "deleted", "content")
+_RESOURCE_COLUMNS = ("pk", "resource_type", "id", "org_id", "version", "last_updated",
+                     "deleted", "patient_id")
+_EVENT_COLUMNS = ("topic", "payload", "org_id", "created_at")
+
+
+def _insert_logical(session: Session, new: list[Write]) -> None:
+    """Insert the logical rows of new resources and number their writes (``pk``).
+
+    On PostgreSQL the keys are drawn from the table's sequence in one statement and the rows
+    streamed with COPY; elsewhere one INSERT ... RETURNING. Either way a duplicate id (two
+    creates with the same id at once) is a 409.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        try:
+            pks = session.execute(
+                insert(resource).returning(resource.c.pk, sort_by_parameter_order=True),
+                [{"resource_type": w.resource_type, "id": w.id, "org_id": w.org_id,
+                  "version": w.version, "last_updated": w.last_updated,
+                  "deleted": w.content is None, "patient_id": w.patient_id} for w in new],
+            ).scalars().all()
+        except IntegrityError:
+            raise FhirError.of(409, "duplicate", "a resource with this id was created at the "
+                               "same time; retry") from None
+        for w, pk in zip(new, pks, strict=True):
+            w.pk = pk
+        return
+    from psycopg.errors import UniqueViolation
+
+    raw = _raw(session)
+    with raw.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('fhir_resource', 'pk')) "
+                       "FROM generate_series(1, %s)", (len(new),))
+        for w, (pk,) in zip(new, cursor.fetchall(), strict=True):
+            w.pk = pk
+    try:
+        insert_rows(session, resource, _RESOURCE_COLUMNS, [
+            (w.pk, w.resource_type, w.id, w.org_id, w.version, w.last_updated,
+             w.content is None, w.patient_id) for w in new])
+    except UniqueViolation:
+        raise FhirError.of(409, "duplicate", "a resource with this id was created at the "
+                           "same time; retry") from None
+
+
 def _publish_many(session: Session, events: list[tuple[str, dict[str, Any]]]) -> None:
     """What ``publish`` does for one event, for many: outbox rows written in this
     transaction (one statement) and a single NOTIFY, which only wakes the subscribers'
     readers (they read the outbox after their cursor, so one wake-up delivers them all)."""
     moment = utcnow()
-    bulk_insert(session, EventRecord.__table__, [
-        {"topic": topic(payload["resourceType"]), "payload": payload, "org_id": org_id,
-         "created_at": moment} for org_id, payload in events])
+    insert_rows(session, EventRecord.__table__, _EVENT_COLUMNS, [
+        (topic(payload["resourceType"]), JsonText(payload), org_id, moment)
+        for org_id, payload in events])
+    mark_published(session)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_notify(:channel, :id)"),
                         {"channel": CHANNEL, "id": "batch"})
 
 
-def bulk_insert(session: Session, table: Table | FromClause, rows: Sequence[dict[str, Any]]
-                ) -> None:
-    """Insert ``rows`` into ``table`` in one round trip, in the session's transaction.
+class JsonText:
+    """A JSON column's value in :func:`insert_rows`: serialised once, by orjson, when the
+    row is written (the standard library only for what orjson refuses, an integer beyond
+    64 bits)."""
 
-    On PostgreSQL the rows are streamed with ``COPY ... FROM STDIN`` (one statement, no
-    per-row parse, bind and execute); elsewhere they go as one executemany. Columns a row
-    leaves out are NULL, except a serial primary key, which the database numbers.
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def text(self) -> str:
+        return _json_text(self.value)
+
+
+def _raw(session: Session) -> Any:
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    return raw
+
+
+def insert_rows(session: Session, table: Table | FromClause, columns: Sequence[str],
+                rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (tuples in the order of ``columns``) into ``table`` in one round trip,
+    in the session's transaction.
+
+    On PostgreSQL the rows are streamed with ``COPY ... FROM STDIN`` on the driver's own
+    connection (one statement, no per-row parse, bind and execute, and no SQLAlchemy
+    statement to build); elsewhere they go as one executemany. JSON values come wrapped in
+    :class:`JsonText`.
     """
     if not rows:
         return
     assert isinstance(table, Table)
     connection = session.connection()
+    json_at = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)]
     if connection.dialect.name != "postgresql":
-        session.execute(insert(table), list(rows))
+        session.execute(insert(table), [
+            {name: (value.value if isinstance(value, JsonText) else value)
+             for name, value in zip(columns, row, strict=True)} for row in rows])
         return
-    columns = _copy_columns(table)
-    names = ", ".join(f'"{c.name}"' for c, _ in columns)
-    raw = connection.connection.driver_connection
-    assert raw is not None
-    keys = [c.name for c, _ in columns]
-    converted = [(c.name, convert) for c, convert in columns if convert is not None]
+    names = ", ".join(f'"{name}"' for name in columns)
+    raw = _raw(session)
     with raw.cursor() as cursor, cursor.copy(
             f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        write = copy.write_row
+        if not json_at:
+            for row in rows:
+                write(row)
+            return
         for row in rows:
-            if converted:
-                row = {**row, **{k: convert(row.get(k)) for k, convert in converted}}
-            copy.write_row([row.get(k) for k in keys])
+            values = list(row)
+            for i in json_at:
+                if isinstance(values[i], JsonText):
+                    values[i] = values[i].text()
+            write(values)
 
 
-_COPY_COLUMNS: dict[str, list[tuple[Column[Any], Any]]] = {}
-
-
-def _copy_columns(table: Table) -> list[tuple[Column[Any], Any]]:
-    """The columns COPY writes (all but a serial key) and how each value is adapted."""
-    found = _COPY_COLUMNS.get(table.name)
-    if found is None:
-        from psycopg.types.json import Jsonb
-
-        found = []
-        for column in table.columns:
-            if column.primary_key and column.autoincrement is True:
-                continue
-            convert: Any = None
-            if isinstance(column.type, JSON):
-                def convert(value: Any) -> Any:
-                    return None if value is None else Jsonb(value, dumps=_json_text)
-            found.append((column, convert))
-        _COPY_COLUMNS[table.name] = found
-    return found
+def bulk_insert(session: Session, table: Table | FromClause, rows: Sequence[dict[str, Any]]
+                ) -> None:
+    """Insert ``rows`` (dicts by column name) into ``table`` in one round trip, as
+    :func:`insert_rows` does. Columns a row leaves out are NULL, except a serial primary
+    key, which the database numbers."""
+    if not rows:
+        return
+    assert isinstance(table, Table)
+    columns = [c.name for c in table.columns
+               if not (c.primary_key and c.autoincrement is True)]
+    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    insert_rows(session, table, columns, [
+        tuple((JsonText(row[name]) if name in json_columns and row.get(name) is not None
+               else row.get(name)) for name in columns) for row in rows])
 
 
 def _json_text(value: Any) -> str:
