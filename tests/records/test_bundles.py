@@ -160,6 +160,83 @@ def test_bundle_limits_and_shape(fhir: Fhir, client: Any) -> None:
     assert fhir.post("", twice).status_code == 400
 
 
+def _deny_consent(admin: Fhir, pid: str, username: str) -> None:
+    admin.create({"resourceType": "Consent", "status": "active",
+                  "scope": {"coding": [{"system":
+                                        "http://terminology.hl7.org/CodeSystem/consentscope",
+                                        "code": "patient-privacy"}]},
+                  "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                  "patient": {"reference": f"Patient/{pid}"},
+                  "provision": {"type": "deny", "actor": [{
+                      "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                           "v3-ParticipationType", "code": "PRCP"}]},
+                      "reference": {"identifier": {"system": "urn:careplane:user",
+                                                   "value": username}}}]}})
+
+
+def test_a_transaction_refused_for_one_kind_of_access_keeps_nothing_and_audits_the_refusal(
+        client: TestClient, accounts: Any, db: Database) -> None:
+    """The decisions of a transaction's groups are asked together: the refused one (a
+    patient's consent denies the caller) fails the transaction with 403 naming its entry,
+    nothing of the allowed groups is stored or audited as done, and the refusal is audited."""
+    admin = Fhir(client, accounts.make("registrar", Role.clinician, org="org-a").headers)
+    nurse = Fhir(client, accounts.make("nurse-y", Role.clinician, org="org-a").headers)
+    pid = admin.create(patient("Refused", "Rosa"))["id"]
+    _deny_consent(admin, pid, "nurse-y")
+    other = admin.create(patient("Open", "Otto"))["id"]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation(f"Patient/{other}"),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation(f"Patient/{other}", code="8480-6"),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Condition", "subject": {"reference": f"Patient/{other}"},
+                      "code": {"text": "asthma"}},
+         "request": {"method": "POST", "url": "Condition"}},
+        {"resource": observation(f"Patient/{pid}"),
+         "request": {"method": "POST", "url": "Observation"}}]}
+    r = nurse.post("", bundle)
+    assert r.status_code == 403, r.text
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "Bundle.entry[3]" in outcome["issue"][0]["diagnostics"]
+    for kind in ("Observation", "Condition"):
+        found = admin.get(f"{kind}?subject=Patient/{other}")
+        assert found.status_code == 200 and not found.json().get("entry"), found.text
+    flush_all()
+    with db.session() as session:
+        mine = session.scalars(select(AuditRecord).where(
+            AuditRecord.actor_name == "nurse-y")).all()
+        assert [(a.outcome, a.patient_id) for a in mine] == [("denied", pid)]
+        assert verify(session).ok
+
+
+def test_a_transactions_kinds_of_access_are_each_audited_with_their_ids(
+        client: TestClient, accounts: Any, db: Database) -> None:
+    """One audit record per kind of access (action, type, patient), listing its ids."""
+    nurse = Fhir(client, accounts.make("nurse-z", Role.clinician, org="org-a").headers)
+    pid = nurse.create(patient("Many", "Mia"))["id"]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        *({"resource": observation(f"Patient/{pid}", value=60 + i),
+           "request": {"method": "POST", "url": "Observation"}} for i in range(3)),
+        {"resource": {"resourceType": "Condition", "subject": {"reference": f"Patient/{pid}"},
+                      "code": {"text": "asthma"}},
+         "request": {"method": "POST", "url": "Condition"}}]}
+    r = nurse.post("", bundle)
+    assert r.status_code == 200, r.text
+    made = [e["response"]["location"].split("/")[-3] for e in r.json()["entry"]]
+    with db.session() as session:
+        rows = session.scalars(select(AuditRecord).where(
+            AuditRecord.actor_name == "nurse-z", AuditRecord.action == "create",
+            AuditRecord.target_kind.in_(["records:Observation", "records:Condition"]))).all()
+        by_kind = {a.target_kind: a for a in rows}
+        assert sorted(by_kind) == ["records:Condition", "records:Observation"]
+        assert by_kind["records:Observation"].detail["ids"] == made[:3]
+        assert by_kind["records:Observation"].detail["count"] == 3
+        assert by_kind["records:Condition"].target_id == made[3]
+        assert all(a.patient_id == pid and a.outcome == "success" for a in rows)
+        assert verify(session).ok
+
+
 def test_a_refused_entry_after_a_change_in_a_batch_is_audited_without_blocking(
         client: TestClient, accounts: Any, db: Database) -> None:
     """Entry 0 writes (its audit record holds the chain's lock in the batch's transaction),

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from sqlalchemy.orm import Session
 
 from careplane.records import store
-from careplane.records.access import Action, check, target
+from careplane.records.access import SOURCE, Action, check, target
 from careplane.records.errors import FhirError, Issue
 from careplane.records.search import run_search, searchset
 from careplane.records.search_params import parse_search
@@ -30,6 +30,7 @@ from careplane.records.spec import resource_types
 from careplane.records.validation import check_id, validate_resource
 from careplane.records.values import format_instant
 from careplane.security import Principal
+from careplane.security.guard import Refusal, authorize_all
 from careplane.security.policy import Target
 
 __all__ = ["process_bundle", "rewrite_references"]
@@ -382,26 +383,33 @@ def _authorise_groups(session: Session, principal: Principal, pending: list[_Pen
 
     Entries that differ only in their id (same action, type, organisation, patient and
     security labels) get the same answer from the policy, so a patient's record of 150
-    resources costs a dozen decisions instead of 150. Each decision's audit record lists
-    the ids it covers; a single resource is audited under its own id as usual.
+    resources costs a handful of decisions instead of 150. Each decision's audit record lists
+    the ids it covers; a single resource is audited under its own id as usual. The decisions
+    are asked together (``authorize_all``): the patient's consents are read once and the
+    records appended in one go.
     """
     groups: dict[tuple[Any, ...], list[_Pending]] = {}
     for item in pending:
         t = item.target
         groups.setdefault((item.action, t.kind, t.org_id, t.patient_id, t.labels), []
                           ).append(item)
+    requests: list[tuple[Action, Target, dict[str, Any] | None]] = []
+    firsts: list[_Pending] = []
     for (action, _kind, _org, _patient, _labels), items in groups.items():
         first = items[0]
-        try:
-            if len(items) == 1:
-                check(session, principal, action, first.target)
-            else:
-                ids = [i.target.id for i in items]
-                what = replace(first.target, id=None)
-                check(session, principal, action, what,
-                      detail={"ids": ids[:1000], "count": len(ids), "via": "transaction"})
-        except FhirError as exc:
-            raise _entry_error(first.entry.index, exc) from None
+        firsts.append(first)
+        if len(items) == 1:
+            requests.append((action, first.target, None))
+        else:
+            ids = [i.target.id for i in items]
+            requests.append((action, replace(first.target, id=None),
+                             {"ids": ids[:1000], "count": len(ids), "via": "transaction"}))
+    try:
+        authorize_all(session, principal, requests, source=SOURCE)
+    except Refusal as exc:
+        raise _entry_error(firsts[exc.index].entry.index,
+                           FhirError.of(exc.status_code, "forbidden", str(exc.detail))
+                           ) from None
 
 
 def _batch(session: Session, principal: Principal, entries: list[_Entry], base: str) -> None:
