@@ -7,6 +7,7 @@ PostgreSQL is an error: the suite must prove both backends.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from careplane.app import create_app
 from careplane.platform.db import Base, Database, migrate
@@ -41,6 +43,38 @@ def _pg_reachable() -> str | None:
         return f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
 
 
+@pytest.fixture
+def real_password_hashing() -> None:
+    """Ask for this to keep the production Argon2id parameters in a test."""
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request: pytest.FixtureRequest,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id with the smallest parameters: same code paths, a fraction of the time.
+
+    Tests about the hash itself ask for ``real_password_hashing``; the others (every test that
+    makes an account) are about what happens around the hash, not its cost. Servers started in
+    a subprocess keep the production parameters.
+    """
+    if "real_password_hashing" in request.fixturenames:
+        return
+    from careplane.security import passwords
+
+    hasher, dummy = _cheap_hasher()
+    monkeypatch.setattr(passwords, "_hasher", hasher)
+    monkeypatch.setattr(passwords, "_DUMMY", dummy)
+
+
+@functools.cache
+def _cheap_hasher() -> tuple[object, str]:
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    return cheap, cheap.hash("careplane-timing-equaliser")
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
@@ -61,6 +95,9 @@ def postgres_url() -> Iterator[str]:
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+        # Commits need not wait for the disk here: what is committed is as visible to every
+        # connection as before, and a test database is never recovered after a crash.
+        conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     db = Database(url)
     migrate(db)
@@ -76,17 +113,43 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
 
 
+# A table with more rows than this is emptied with TRUNCATE (fresh files, fresh planner
+# statistics) rather than DELETE, so a test that loaded thousands of rows leaves no dead ones.
+_TRUNCATE_FROM_ROWS = 500
+
+
 def _truncate_postgres(url: str) -> None:
-    """Empty every table. Connections a test left open (a server it started, a pool it did not
-    dispose) are ended first: otherwise one idle in a transaction would block TRUNCATE."""
-    engine = create_engine(url)
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    """Empty every table and restart every sequence, as a freshly migrated database has them.
+
+    Connections a test left open (a server it started, a pool it did not dispose) are ended
+    first: otherwise one idle in a transaction would block the reset. TRUNCATE of all tables
+    costs close to a second (it replaces the files of every table and index), so only tables
+    with many rows are truncated; the few rows of a typical test are deleted, children first.
+    """
+    engine = create_engine(url, poolclass=NullPool)
+    tables = [t.name for t in Base.metadata.sorted_tables]
+    probe = " UNION ALL ".join(
+        f"SELECT '{name}', (SELECT count(*) FROM (SELECT 1 FROM \"{name}\" "
+        f"LIMIT {_TRUNCATE_FROM_ROWS + 1}) AS sample)" for name in tables)
     with engine.begin() as conn:
         conn.execute(text(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
         conn.execute(text("SET LOCAL lock_timeout = '30s'"))
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        rows = {name: count for name, count in conn.exec_driver_sql(probe)}
+        large = [name for name in tables if rows[name] > _TRUNCATE_FROM_ROWS]
+        if large:
+            conn.exec_driver_sql(
+                "TRUNCATE " + ", ".join(f'"{name}"' for name in large) + " CASCADE")
+        for name in reversed(tables):
+            if 0 < rows[name] <= _TRUNCATE_FROM_ROWS:
+                conn.exec_driver_sql(f'DELETE FROM "{name}"')
+        used = conn.execute(text(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) "
+            "FROM pg_sequences WHERE schemaname = current_schema() "
+            "AND last_value IS NOT NULL")).scalars().all()
+        for sequence in used:
+            conn.exec_driver_sql(f"ALTER SEQUENCE {sequence} RESTART")
     engine.dispose()
 
 

@@ -27,31 +27,6 @@ from careplane.settings import Settings
 
 
 @pytest.fixture
-def real_password_hashing() -> None:
-    """Ask for this to keep the production Argon2id parameters in a test."""
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashing(request: pytest.FixtureRequest,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Argon2id with the smallest parameters: same code paths, a fraction of the time.
-
-    Tests about the hash itself ask for ``real_password_hashing``; the others are about what
-    happens around the hash, not its cost.
-    """
-    if "real_password_hashing" in request.fixturenames:
-        return
-    from pwdlib import PasswordHash
-    from pwdlib.hashers.argon2 import Argon2Hasher
-
-    from careplane.security import passwords
-
-    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
-    monkeypatch.setattr(passwords, "_hasher", cheap)
-    monkeypatch.setattr(passwords, "_DUMMY", cheap.hash("careplane-timing-equaliser"))
-
-
-@pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings)
     try:
