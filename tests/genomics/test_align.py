@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pysam
 import pytest
 
-from careplane.genomics.align import _mate_score, _pair_lines, align_chunk, sam_header
+from careplane.genomics.align import (
+    _mate_score,
+    _pair_lines,
+    align_chunk,
+    minimap2_program,
+    sam_header,
+)
 from careplane.genomics.fastq import FastqReader, ReadPair, read_pairs
 from careplane.genomics.simulate import SimulatedDataset, parse_read_name
 
@@ -59,12 +66,25 @@ def test_mate_fields_match_samtools_fixmate(aligned: tuple[Any, Path],
     assert a == b
 
 
+_HAS_MINIMAP2 = minimap2_program() is not None
+_needs_program = pytest.mark.skipif(not _HAS_MINIMAP2, reason="minimap2 is not installed")
+
+
+@pytest.mark.parametrize("how", ["mappy", pytest.param("program", marks=_needs_program),
+                                 pytest.param("program-pysam", marks=_needs_program)])
 def test_chunk_is_sorted_and_reads_land_where_they_came_from(
-        aligned: tuple[Any, Path], dataset: SimulatedDataset, tmp_path: Path) -> None:
+        aligned: tuple[Any, Path], dataset: SimulatedDataset, tmp_path: Path, how: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     ref, _ = aligned
+    program = minimap2_program() if how.startswith("program") else None
+    if how == "program-pysam":  # no samtools program: pysam's fixmate and sort, via a file
+        real_which = shutil.which
+        monkeypatch.setattr(shutil, "which",
+                            lambda name: None if name == "samtools" else real_which(name))
     stats = align_chunk(str(ref.mmi), ref.contigs, _pairs(dataset, 500), str(tmp_path / "c.bam"),
-                        "S")
+                        "S", program=program)
     assert stats.pairs == 503 and stats.reads_mapped == 1002
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bam"]  # no temporary file left
     last: tuple[int, int] = (-1, -1)
     placed = 0
     with pysam.AlignmentFile(stats.bam) as bam:
@@ -77,11 +97,50 @@ def test_chunk_is_sorted_and_reads_land_where_they_came_from(
             last = key
             if rec.is_unmapped or rec.query_name.startswith("junk"):
                 continue
+            # Mate fields as samtools fixmate -m writes them, whichever way minimap2 ran.
+            assert rec.is_paired and rec.has_tag("MC") and rec.has_tag("ms")
+            assert rec.get_tag("RG") == "S"
             origin = parse_read_name(rec.query_name)
             assert rec.reference_name == origin.contig
             assert origin.start - 20 <= rec.reference_start + 1 <= origin.end + 20
             placed += 1
     assert placed == 1000
+
+
+@_needs_program
+def test_program_and_mappy_place_reads_alike(aligned: tuple[Any, Path],
+                                             dataset: SimulatedDataset, tmp_path: Path) -> None:
+    """The minimap2 program and mappy are the same aligner: same places, flags and CIGARs."""
+    ref, _ = aligned
+    pairs = _pairs(dataset, 300)
+
+    def placed(bam: str) -> dict[tuple[str, bool], tuple[Any, ...]]:
+        with pysam.AlignmentFile(bam) as fh:
+            return {(r.query_name, r.is_read1): (r.flag, r.reference_start, r.cigarstring,
+                                                 r.next_reference_start, r.template_length,
+                                                 r.get_tag("MC") if r.has_tag("MC") else None,
+                                                 r.get_tag("ms"))
+                    for r in fh if not r.is_supplementary}
+
+    by_mappy = align_chunk(str(ref.mmi), ref.contigs, pairs, str(tmp_path / "m.bam"), "S")
+    by_program = align_chunk(str(ref.mmi), ref.contigs, pairs, str(tmp_path / "p.bam"), "S",
+                             program=minimap2_program())
+    a, b = placed(by_mappy.bam), placed(by_program.bam)
+    assert len(a) == 2 * 303
+    same = sum(a[k] == b.get(k) for k in a)
+    assert same >= 0.99 * len(a)
+
+
+def test_a_failing_minimap2_program_raises_with_its_message(
+        aligned: tuple[Any, Path], dataset: SimulatedDataset, tmp_path: Path) -> None:
+    ref, _ = aligned
+    fake = tmp_path / "minimap2"
+    fake.write_text("#!/bin/sh\necho 'index is damaged' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="minimap2 failed.*index is damaged"):
+        align_chunk(str(ref.mmi), ref.contigs, _pairs(dataset, 10), str(tmp_path / "c.bam"),
+                    "S", program=str(fake))
+    assert not (tmp_path / "c.bam").exists()
 
 
 @pytest.mark.parametrize("qual,score", [("IIII", 160), ("!!!!", 0), ("0/", 15), ("", 0)])

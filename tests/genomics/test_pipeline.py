@@ -162,3 +162,24 @@ def test_bwa_can_be_chosen(dataset: SimulatedDataset, tmp_path: Path, recorder: 
         assert first.has_tag("MC") and first.has_tag("ms")  # fixmate -m ran on bwa's output
     result = evaluate_calls(out.vcf, dataset.truth_vcf, dataset.reference)
     assert result.snv.f1 is not None and result.snv.f1 >= 0.97
+
+
+@pytest.mark.parametrize("mode", [
+    "mappy",
+    pytest.param("program", marks=pytest.mark.skipif(
+        shutil.which("minimap2") is None, reason="the minimap2 program is not installed"))])
+def test_minimap2_runs_in_process_or_as_the_program(dataset: SimulatedDataset, tmp_path: Path,
+                                                    recorder: Recorder, mode: str) -> None:
+    out = run_pipeline(_spec(dataset, tmp_path, minimap2=mode), recorder)
+    with pysam.AlignmentFile(str(out.bam)) as bam:
+        programs = [pg.get("PN", "") for pg in bam.header["PG"]]
+        assert ("minimap2" in programs) == (mode == "program")
+        assert [rg["ID"] for rg in bam.header["RG"]] == ["S1"]
+    assert json.loads(out.qc.read_text())["read_pairs"] == dataset.read_pairs
+    result = evaluate_calls(out.vcf, dataset.truth_vcf, dataset.reference)
+    assert result.snv.f1 is not None and result.snv.f1 >= 0.97
+
+
+def test_unknown_minimap2_mode_is_refused(dataset: SimulatedDataset, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown minimap2 mode 'fast'"):
+        run_pipeline(_spec(dataset, tmp_path, minimap2="fast"), Recorder(state={}))

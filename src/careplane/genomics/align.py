@@ -7,13 +7,20 @@ SAM text with everything a variant caller and ``samtools markdup`` depend on: pa
 proper-pair flags, and the mate fields ``samtools fixmate -m`` would add (mate position and
 strand, template length, MQ, MC and the ``ms`` mate score). Writing those while both mates are
 at hand costs little, where a fixmate pass costs as much as the sort (the tests check that
-fixmate finds nothing to change). ``samtools sort`` then orders the chunk. BWA-MEM can be
-chosen instead when the ``bwa`` program is installed; its output goes through
-``samtools fixmate -m`` and the same sort.
+fixmate finds nothing to change). ``samtools sort`` then orders the chunk.
+
+When the ``minimap2`` program is installed it aligns the chunk instead (the same aligner, with
+the same ``sr`` preset): it writes SAM in C, which costs far less than building the text in
+Python, and its output goes through ``samtools fixmate -m`` and the same sort, streamed from one
+program to the next (with the ``samtools`` program when installed, else pysam's copy through a
+file). BWA-MEM can be chosen instead when the ``bwa`` program is installed; its output takes the
+same fixmate and sort.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +30,14 @@ from typing import Any
 import mappy
 import pysam
 
-from careplane.genomics.fastq import ReadPair, unpack_pairs
+from careplane.genomics.fastq import ReadPair, pack_pairs, unpack_pairs
 
-__all__ = ["ALIGNERS", "AlignStats", "align_chunk", "sam_header"]
+__all__ = ["ALIGNERS", "MINIMAP2_MODES", "AlignStats", "align_chunk", "minimap2_program",
+           "sam_header"]
 
 ALIGNERS = ("minimap2", "bwa")
+# How minimap2 runs: the program when installed (else mappy), the program only, or mappy only.
+MINIMAP2_MODES = ("auto", "program", "mappy")
 _COMPLEMENT = str.maketrans("ACGTNacgtnRYKMSWBDHVrykmswbdhv", "TGCANtgcanYRMKSWVHDByrmkswvhdb")
 _MAX_FRAGMENT = 1000  # a pair further apart (or wrongly oriented) is not a proper pair
 _aligners: dict[str, mappy.Aligner] = {}
@@ -163,6 +173,11 @@ def _pair_lines(aligner: mappy.Aligner, pair: ReadPair, rg: str) -> tuple[str, i
     return "".join(text), (hits[0] is not None) + (hits[1] is not None)
 
 
+def minimap2_program() -> str | None:
+    """The installed ``minimap2`` program, if any."""
+    return shutil.which("minimap2")
+
+
 def _sort(sam: Path, out_bam: Path) -> None:
     """Sort into an uncompressed BAM: chunks are read once more, by the merge, and deleted,
     so compressing them would cost CPU twice (deflate here, inflate there) for nothing."""
@@ -171,14 +186,32 @@ def _sort(sam: Path, out_bam: Path) -> None:
     sam.unlink()
 
 
+def _fix_and_sort(sam: Path, out: Path) -> None:
+    """``samtools fixmate -m`` (the mate fields markdup needs), then the sort."""
+    fixed = out.with_suffix(".fixmate.bam")
+    pysam.samtools.fixmate("-m", "-u", str(sam), str(fixed), catch_stdout=False)
+    sam.unlink()
+    _sort(fixed, out)
+
+
+def _count_mapped(bam: Path) -> int:
+    """Primary reads that mapped (unmapped, secondary and supplementary records excluded)."""
+    return int(str(pysam.samtools.view("-c", "-F", "0x904", str(bam))).strip())
+
+
 def align_chunk(index: str, contigs: Sequence[tuple[str, int]],
                 pairs: Sequence[ReadPair] | bytes, out_bam: str, sample: str,
-                aligner: str = "minimap2", fasta: str | None = None) -> AlignStats:
+                aligner: str = "minimap2", fasta: str | None = None,
+                program: str | None = None) -> AlignStats:
     """Align ``pairs`` (or a packed chunk of them) and write ``out_bam`` (mate fields set,
-    coordinate-sorted)."""
+    coordinate-sorted). ``program``: the minimap2 program to run instead of mappy."""
+    out = Path(out_bam)
+    if aligner == "minimap2" and program is not None:
+        payload = pairs if isinstance(pairs, bytes) else pack_pairs(pairs)
+        n = _minimap2_program(program, index, payload, out, sample)
+        return AlignStats(pairs=n, reads_mapped=_count_mapped(out), bam=str(out))
     if isinstance(pairs, bytes):
         pairs = unpack_pairs(pairs)
-    out = Path(out_bam)
     sam = out.with_suffix(".sam")
     mapped = 0
     if aligner == "minimap2":
@@ -190,20 +223,79 @@ def align_chunk(index: str, contigs: Sequence[tuple[str, int]],
                 text, n = _pair_lines(mm, pair, sample)
                 mapped += n
                 fh.write(text)
+        _sort(sam, out)
     elif aligner == "bwa":
-        mapped = _bwa(fasta or index, pairs, sam, sample)
+        _bwa(fasta or index, pairs, sam, sample)
+        _fix_and_sort(sam, out)  # BWA leaves the mate-score tags to fixmate
+        mapped = _count_mapped(out)
     else:
         raise ValueError(f"unknown aligner {aligner!r} (choose from {', '.join(ALIGNERS)})")
-    if aligner == "bwa":  # BWA leaves the mate-score tags to fixmate
-        fixed = out.with_suffix(".fixmate.bam")
-        pysam.samtools.fixmate("-m", "-u", str(sam), str(fixed), catch_stdout=False)
-        sam.unlink()
-        sam = fixed
-    _sort(sam, out)
     return AlignStats(pairs=len(pairs), reads_mapped=mapped, bam=str(out))
 
 
-def _bwa(prefix: str, pairs: Sequence[ReadPair], sam: Path, sample: str) -> int:
+def _interleaved_fastq(payload: bytes) -> tuple[int, bytes]:
+    """A packed chunk (see :func:`~careplane.genomics.fastq.read_pair_chunks`) as interleaved
+    FASTQ: both mates under the same name, which minimap2's ``sr`` preset pairs up."""
+    lines = payload.split(b"\n")
+    names = lines[0::5]
+    text = b"".join(b"@%s\n%s\n+\n%s\n@%s\n%s\n+\n%s\n" % (n, s1, q1, n, s2, q2)
+                    for n, s1, q1, s2, q2 in zip(names, lines[1::5], lines[2::5], lines[3::5],
+                                                 lines[4::5], strict=True))
+    return len(names), text
+
+
+def _failed(what: str, proc: subprocess.Popen[bytes], err: bytes) -> RuntimeError:
+    return RuntimeError(f"{what} failed ({proc.returncode}): "
+                        f"{err.decode(errors='replace')[-2000:]}")
+
+
+def _minimap2_program(program: str, index: str, payload: bytes, out: Path, sample: str) -> int:
+    """``minimap2 -ax sr`` on the chunk, through ``samtools fixmate -m`` into the sort.
+
+    The reads go in on standard input so every chunk's @PG line is the same (the merge keeps
+    one); secondary alignments are left out, as the in-process path leaves them out (variant
+    calling and duplicate marking ignore them anyway).
+    """
+    pairs, fastq = _interleaved_fastq(payload)
+    rg = f"@RG\\tID:{sample}\\tSM:{sample}\\tPL:ILLUMINA\\tLB:{sample}"
+    align = [program, "-a", "-x", "sr", "--secondary=no", "-t", "1", "-R", rg, index, "-"]
+    samtools = shutil.which("samtools")
+    if samtools is None:  # pysam's samtools runs in this process: go through a file
+        sam = out.with_suffix(".sam")
+        with sam.open("wb") as fh:
+            proc = subprocess.Popen(align, stdin=subprocess.PIPE, stdout=fh,
+                                    stderr=subprocess.PIPE)
+            _, err = proc.communicate(fastq)
+        if proc.returncode != 0:
+            sam.unlink(missing_ok=True)
+            raise _failed("minimap2", proc, err)
+        _fix_and_sort(sam, out)
+        return pairs
+    tmp = str(out.with_suffix(".tmp"))
+    aligned_r, aligned_w = os.pipe()
+    fixed_r, fixed_w = os.pipe()
+    try:
+        mm = subprocess.Popen(align, stdin=subprocess.PIPE, stdout=aligned_w,
+                              stderr=subprocess.PIPE)
+        fix = subprocess.Popen([samtools, "fixmate", "-m", "-u", "-", "-"], stdin=aligned_r,
+                               stdout=fixed_w, stderr=subprocess.PIPE)
+        sort = subprocess.Popen([samtools, "sort", "-l", "0", "-m", "256M", "-T", tmp, "-o",
+                                 str(out), "-"], stdin=fixed_r, stderr=subprocess.PIPE)
+    finally:  # each program holds its own ends of the pipes now
+        for fd in (aligned_r, aligned_w, fixed_r, fixed_w):
+            os.close(fd)
+    mm_err = mm.communicate(fastq)[1]
+    fix_err = fix.communicate()[1]
+    sort_err = sort.communicate()[1]
+    for what, proc, err in (("minimap2", mm, mm_err), ("samtools fixmate", fix, fix_err),
+                            ("samtools sort", sort, sort_err)):
+        if proc.returncode != 0:
+            out.unlink(missing_ok=True)
+            raise _failed(what, proc, err)
+    return pairs
+
+
+def _bwa(prefix: str, pairs: Sequence[ReadPair], sam: Path, sample: str) -> None:
     """``bwa mem -p`` on an interleaved chunk (single-threaded: the pool gives the parallelism)."""
     fastq = sam.with_suffix(".fq")
     with fastq.open("w", encoding="ascii") as fh:
@@ -217,9 +309,3 @@ def _bwa(prefix: str, pairs: Sequence[ReadPair], sam: Path, sample: str) -> int:
     fastq.unlink()
     if proc.returncode != 0:
         raise RuntimeError(f"bwa mem failed: {proc.stderr.decode(errors='replace')[-2000:]}")
-    mapped = 0
-    with pysam.AlignmentFile(str(sam), "r") as fh:
-        for rec in fh:
-            if not (rec.is_unmapped or rec.is_secondary or rec.is_supplementary):
-                mapped += 1
-    return mapped

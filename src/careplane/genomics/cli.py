@@ -111,8 +111,10 @@ def run_command(
     sample: Annotated[str, typer.Option("--sample", help="sample name (file names, VCF column)")],
     out: Annotated[Path, typer.Option("--out", help="output directory")],
     threads: Annotated[int, typer.Option("--threads", min=1, max=256)] = 2,
-    aligner: Annotated[str, typer.Option("--aligner", help="minimap2 (in-process) or bwa")]
-    = "minimap2",
+    aligner: Annotated[str, typer.Option("--aligner", help="minimap2 or bwa")] = "minimap2",
+    minimap2: Annotated[str, typer.Option(
+        "--minimap2", help="how minimap2 runs: auto (the minimap2 program when installed, "
+        "else in-process through mappy), program or mappy")] = "auto",
     index_dir: Annotated[Path | None, typer.Option(
         "--index-dir", help="where the reference indexes are kept (default: a per-user cache)")]
     = None,
@@ -148,7 +150,7 @@ def run_command(
             sample=sample, fastq1=str(fastq[0].resolve()), fastq2=str(fastq[1].resolve()),
             reference=str(reference.resolve()),
             index_dir=str((index_dir or default_index_dir(reference)).resolve()),
-            work_dir=str(state_dir / "work"), threads=threads, aligner=aligner,
+            work_dir=str(state_dir / "work"), threads=threads, aligner=aligner, minimap2=minimap2,
             min_qual=min_qual, chunk_pairs=chunk_pairs, bam_level=bam_level,
             executor=executor, ray_address=ray_address,
             names={str(fastq[0].resolve()): str(fastq[0]), str(fastq[1].resolve()):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["FastqError", "FastqReader", "ReadPair", "mate_name", "read_pair_chunks",
+__all__ = ["FastqError", "FastqReader", "ReadPair", "mate_name", "pack_pairs", "read_pair_chunks",
            "read_pairs", "unpack_pairs"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -280,6 +280,12 @@ def read_pair_chunks(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
                     f"{r1.line - back + 1}: the mates are out of step")
             extend((name, s1, q1, s2, q2))
         yield len(a), b"\n".join(parts)
+
+
+def pack_pairs(pairs: Sequence[ReadPair]) -> bytes:
+    """The packed form of ``pairs``, as :func:`read_pair_chunks` yields it."""
+    return "\n".join(f"{p.name}\n{p.seq1}\n{p.qual1}\n{p.seq2}\n{p.qual2}"
+                     for p in pairs).encode("ascii")
 
 
 def unpack_pairs(payload: bytes) -> list[ReadPair]:

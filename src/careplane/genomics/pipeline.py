@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import pysam
 
 from careplane.genomics import qc
-from careplane.genomics.align import ALIGNERS, align_chunk
+from careplane.genomics.align import ALIGNERS, MINIMAP2_MODES, align_chunk, minimap2_program
 from careplane.genomics.calling import DEFAULT_MIN_QUAL, call_region, gather_calls
 from careplane.genomics.fastq import FastqError, FastqReader, read_pair_chunks
 from careplane.genomics.reference import Reference, ReferenceError, prepare_reference
@@ -95,6 +95,7 @@ class PipelineSpec:
     work_dir: str
     threads: int = 2
     aligner: str = "minimap2"
+    minimap2: str = "auto"  # the minimap2 program when installed, else mappy; or "program"/"mappy"
     chunk_pairs: int = 50_000
     min_qual: float = DEFAULT_MIN_QUAL
     min_mapped_fraction: float = 0.5
@@ -178,6 +179,7 @@ class _Run:
             raise InputError(f"unknown aligner {spec.aligner!r}; choose from "
                              f"{', '.join(ALIGNERS)}")
         index = str(ref.bwa_index()) if spec.aligner == "bwa" else str(ref.mmi)
+        program = self.minimap2_program() if spec.aligner == "minimap2" else None
         done: dict[str, dict[str, Any]] = dict(self.state.get("chunks", {}))
         # A chunk counts as done only if its file survived (the work dir may have been wiped).
         done = {k: v for k, v in done.items() if Path(v["bam"]).exists()}
@@ -196,7 +198,7 @@ class _Run:
                 i = pending.pop(fut)
                 done[str(i)] = fut.result().to_dict()
             if finished:
-                self.save(chunks=done)
+                self.save(chunks=done, minimap2_program=program)
 
         try:
             with r1, r2:
@@ -206,7 +208,8 @@ class _Run:
                     if str(i) not in done:
                         out = self.chunks_dir / f"chunk{i:06d}.bam"
                         pending[pool.submit(align_chunk, index, ref.contigs, chunk, str(out),
-                                            spec.sample, spec.aligner, str(ref.fasta))] = i
+                                            spec.sample, spec.aligner, str(ref.fasta),
+                                            program)] = i
                     while len(pending) > spec.threads + 1:
                         collect(block=True)
                     collect(block=False)
@@ -230,6 +233,28 @@ class _Run:
                 "reference for these reads?")
         return {"pairs": pairs, "reads_mapped": mapped,
                 "bams": [done[k]["bam"] for k in sorted(done, key=int)]}
+
+    def minimap2_program(self) -> str | None:
+        """The minimap2 program to run, or None for mappy in-process.
+
+        ``auto`` takes the program when this machine has it and the chunks run here (Ray
+        workers may lack it); the choice is kept in the checkpoint so a resumed run aligns its
+        remaining chunks the same way.
+        """
+        mode = self.spec.minimap2
+        if mode not in MINIMAP2_MODES:
+            raise InputError(f"unknown minimap2 mode {mode!r}; choose from "
+                             f"{', '.join(MINIMAP2_MODES)}")
+        if "minimap2_program" in self.state:
+            chosen: str | None = self.state["minimap2_program"]
+            if chosen is None or Path(chosen).exists():
+                return chosen
+        chosen = None
+        if mode == "program" or (mode == "auto" and self.spec.executor == "local"):
+            chosen = minimap2_program()
+            if chosen is None and mode == "program":
+                raise InputError("the minimap2 program was asked for but is not installed")
+        return chosen
 
     def markdup(self, pool: Pool, bams: list[str]) -> Path:
         """Merge the sorted chunks and mark duplicates, then index the result.
