@@ -83,3 +83,24 @@ def test_unsupported_things_are_dropped_with_a_warning_or_refused() -> None:
     assert lenient.used == []
     with pytest.raises(FhirError):
         parse_search("Patient", pairs[:1], strict=True)
+
+
+@pytest.mark.parametrize(("query", "typed"), [
+    ([("name", "smi")], True),
+    ([("gender", "female"), ("birthdate", "lt1945")], True),
+    ([("_id", "x"), ("name", "smi")], True),
+    ([("subject:Patient.name", "mar")], True),
+    ([("_id", "x")], False),
+    ([("_lastUpdated", "gt2020")], False),
+    ([("name:missing", "true")], False),
+    ([("gender:not", "male")], False),
+    ([("_has:Condition:patient:code", "1")], False),
+    ([("_content", "fever")], False),
+    ([("_filter", "name eq smi")], False),
+])
+def test_which_criteria_hold_a_row_to_its_type(query: list[tuple[str, str]],
+                                              typed: bool) -> None:
+    from careplane.records.search_sql import typed_by
+
+    rtype = "Observation" if query[0][0].startswith("subject") else "Patient"
+    assert typed_by(parse_search(rtype, query).criteria) is typed

@@ -38,6 +38,7 @@ from careplane.records.search_sql import (
     criterion_clause,
     live,
     sort_columns,
+    typed_by,
     visible,
 )
 from careplane.records.spec import (
@@ -154,7 +155,9 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
     scope = Scope(principal.org_id, base, reach, session.get_bind().dialect.name)
     r = resource
     criteria = resolve_value_sets(session, scope, req.criteria)
-    where = [live(r, rtype, scope)]
+    # a criterion over index rows (or the compartment's rows) holds the row to its type
+    typed = compartment is None and not typed_by(criteria)
+    where = [live(r, rtype, scope, typed=typed)]
     where += [criterion_clause(r, rtype, c, scope) for c in criteria]
     if compartment is not None:
         where.append(compartment_clause(r, rtype, compartment))

@@ -62,7 +62,7 @@ from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
 
 __all__ = ["ANY_TYPE", "CONTENT_INDEXES", "Scope", "criterion_clause", "live", "sort_columns",
-           "visible"]
+           "typed_by", "visible"]
 
 _TOP = "\U0010ffff"
 #: The resource type a system-wide search (``GET /fhir?...`` without ``_type``) is built for:
@@ -126,10 +126,27 @@ def visible(r: FromClause, scope: Scope, types: Iterable[str]) -> ColumnElement[
     return or_(own, *extra) if extra else own
 
 
-def live(r: FromClause, resource_type: str, scope: Scope) -> ColumnElement[bool]:
-    """Rows of ``resource_type`` the caller may find (see :func:`visible`), not deleted."""
-    return and_(r.c.resource_type == resource_type, visible(r, scope, (resource_type,)),
-                r.c.deleted == false())
+def live(r: FromClause, resource_type: str, scope: Scope, *, typed: bool = True
+         ) -> ColumnElement[bool]:
+    """Rows of ``resource_type`` the caller may find (see :func:`visible`), not deleted.
+
+    ``typed=False`` leaves out the test of the row's type, for a caller whose other
+    conditions already hold the row to index rows of that type (:func:`typed_by`): the test
+    is then redundant, and PostgreSQL, which cannot know that, would count it again and
+    expect a Patient search to find a hundredth of its real matches (the share of Patients
+    among all resources), which turns good plans into bad ones at scale.
+    """
+    conds = [visible(r, scope, (resource_type,)), r.c.deleted == false()]
+    return and_(r.c.resource_type == resource_type, *conds) if typed else and_(*conds)
+
+
+def typed_by(criteria: Iterable[Criterion]) -> bool:
+    """Whether one of ``criteria`` alone holds a resource row to its searched type: a match
+    of index rows (which carry the type), not a negation, ``:missing``, ``_id`` or
+    ``_lastUpdated`` (tested on the row itself), full text or a ``_filter`` expression."""
+    return any(c.filter is None and c.has is None and c.param is not None
+               and c.type not in ("near", "fulltext") and c.missing is None
+               and c.modifier not in ("not", "not-in") for c in criteria)
 
 
 def _prefix_match(column: Any, text: str) -> ColumnElement[bool]:
@@ -563,7 +580,7 @@ def _chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
     branches = []
     for target_type, inner in crit.chains:
         r2 = resource.alias()
-        ids = select(r2.c.id).where(live(r2, target_type, scope),
+        ids = select(r2.c.id).where(live(r2, target_type, scope, typed=not typed_by([inner])),
                                     criterion_clause(r2, target_type, inner, scope))
         branches.append(and_(t.c.target_type == target_type, t.c.target_id.in_(ids)))
     return r.c.pk.in_(rows.where(or_(*branches)))
@@ -579,7 +596,7 @@ def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Sc
     ids = (select(t.c.target_id)
            .join(r2, r2.c.pk == t.c.resource_pk)
            .where(t.c.resource_type == source, t.c.param == ref_code,
-                  t.c.target_type == resource_type, live(r2, source, scope),
+                  t.c.target_type == resource_type, live(r2, source, scope, typed=False),
                   criterion_clause(r2, source, inner, scope)))
     return r.c.id.in_(ids)
 
