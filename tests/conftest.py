@@ -75,6 +75,29 @@ def _cheap_hasher() -> tuple[object, str]:
     return cheap, cheap.hash("careplane-timing-equaliser")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def migration_heads_read_once() -> Iterator[None]:
+    """The newest revisions, read from the migration scripts once per test run.
+
+    Every application start compares the database with the scripts' heads, and finding them
+    makes Alembic import every revision file: a tenth of a second or more, at each of the
+    hundreds of app starts of a run, for an answer that cannot change during the run.
+    """
+    from careplane.platform.db import _migrate
+
+    read = _migrate._heads
+    heads: set[str] = set()
+
+    def heads_once(db: Database) -> set[str]:
+        if not heads:
+            heads.update(read(db))
+        return set(heads)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_migrate, "_heads", heads_once)
+        yield
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
