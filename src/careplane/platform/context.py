@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from careplane.platform.blobs import BlobStore
 from careplane.platform.db import Database
 from careplane.platform.events import EventHub
+from careplane.platform.events._publish import PUBLISHED
 from careplane.settings import Settings
 
 
@@ -26,4 +27,13 @@ class Platform:
         """A unit of work whose committed events reach this process's subscribers at once."""
         with self.db.session() as session:
             yield session
-        self.events.poke()
+            published = session.info.pop(PUBLISHED, False)
+        if published:
+            self.events.poke()
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """Read-only work in autocommit (:meth:`Database.read_session`); it publishes nothing,
+        so it wakes no one."""
+        with self.db.read_session() as session:
+            yield session

@@ -42,7 +42,7 @@ from careplane.records.search import run_search, run_system_search, searchset
 from careplane.records.search_params import parse_search, parse_system_search
 from careplane.records.spec import resource_types
 from careplane.records.validation import validate_resource
-from careplane.security.deps import PrincipalDep
+from careplane.security.deps import CredentialsDep, PrincipalDep, principal_of
 
 __all__ = ["FHIR_JSON", "FhirNotFound", "FhirRoute", "router"]
 
@@ -426,9 +426,10 @@ def patient_everything(rid: str, request: Request, platform: PlatformDep,
 
 @router.get("/{rtype}/{rid}/_history/{vid}", dependencies=[Negotiated])
 def vread(rtype: str, rid: str, vid: str, request: Request, platform: PlatformDep,
-          principal: PrincipalDep) -> Response:
+          credentials: CredentialsDep) -> Response:
+    principal = principal_of(platform, credentials)  # in this thread: no hop of its own
     known_type(rtype)
-    with platform.session() as session:
+    with platform.read_session() as session:
         stored = store.vread(session, principal, rtype, rid, vid)
     return resource_response(request, stored, base_url(request))
 
@@ -445,9 +446,13 @@ def instance_history(rtype: str, rid: str, request: Request, platform: PlatformD
 
 @router.get("/{rtype}/{rid}", dependencies=[Negotiated])
 def read(rtype: str, rid: str, request: Request, platform: PlatformDep,
-         principal: PrincipalDep) -> Response:
+         credentials: CredentialsDep) -> Response:
+    # The hot path: the principal is resolved in this handler's worker thread rather than in
+    # a dependency of its own, and the resource and the patient's consents are read in
+    # autocommit (no BEGIN/COMMIT); the access is audited through the queued writer.
+    principal = principal_of(platform, credentials)
     known_type(rtype)
-    with platform.session() as session:
+    with platform.read_session() as session:
         stored = store.read(session, principal, rtype, rid)
     etag = request.headers.get("if-none-match")
     if etag and etag.strip() == stored.etag:

@@ -14,18 +14,18 @@ Two ways in, one chain:
   the record goes to this process's :class:`AuditWriter`, which appends what has gathered
   in one transaction (group commit, the chain computed under the chain lock) at most
   ``delay`` seconds later (50 ms by default, ``CAREPLANE_AUDIT_DELAY_MS``). This is the
-  asynchronous delivery IHE ATNA describes for audit messages. On SQLite a read's record
-  is written in the request's transaction, as a change's is: SQLite's WAL commit does not
-  wait for the disk, so there is little to save, and a writer committing on its own would
-  void other transactions' snapshots (SQLite has one writer at a time, and a commit that
-  slips between a transaction's read and its write makes that write fail).
+  asynchronous delivery IHE ATNA describes for audit messages. SQLite and PostgreSQL alike:
+  every SQLite transaction takes the database's write lock when it begins
+  (:mod:`careplane.platform.db`), so the writer's batch simply waits its turn like any
+  request, and a read needs no write lock of its own.
 
-  Durability window on PostgreSQL, stated plainly: a read's record is on disk up to
-  ``delay`` (plus one commit) after the response has gone out. A clean shutdown (end of the
-  application's lifespan, ``Database.dispose``, exit of the CLI or of a worker) writes
-  everything queued first, and so does :func:`flush_all` (called by whoever reads the trail:
-  :func:`verify`, the audit API). A process killed outright (SIGKILL, power loss) loses the
-  reads of its last ``delay``; no change is ever lost, since changes never take this path.
+  Durability window, stated plainly: a read's record is on disk up to ``delay`` (plus one
+  commit, plus any wait for SQLite's write lock) after the response has gone out. A clean
+  shutdown (end of the application's lifespan, ``Database.dispose``, exit of the CLI or of a
+  worker) writes everything queued first, and so does :func:`flush_all` (called by whoever
+  reads the trail: :func:`verify`, the audit API, the FHIR AuditEvent endpoints). A process
+  killed outright (SIGKILL, power loss) loses the reads of its last ``delay``; no change and
+  no refusal is ever lost, since those never take this path.
   The chain's order (ids) is the order of appending; ``at`` is the time of the access itself.
   The writer fails closed: when it cannot write (database down) its queue fills, and once it
   holds ``capacity`` records a read waits up to ``wait`` seconds for room and is then
@@ -179,10 +179,6 @@ def record_after_commit(session: Session, principal: Principal | None, action: s
     be. The commit fails with :class:`AuditUnavailable` (503) when the writer's queue stays
     full (its database is down).
     """
-    if session.get_bind().dialect.name == "sqlite":
-        record(session, principal, action, target, outcome=outcome, decision=decision,
-               source=source, detail=detail)
-        return
     values = _values(principal, action, target, outcome, decision, source, detail)
     session.info.setdefault(_PENDING, []).append(values)
 
@@ -240,17 +236,9 @@ class AuditWriter:
         self._write_lock = threading.Lock()
         self._stopping = False
         self._failures = 0
-        # SQLite: a commit by another connection between a transaction's first read and its
-        # first write makes that transaction fail ("database is locked"), so a writer thread
-        # committing at its own pace would break the requests' writes. A writer for SQLite
-        # (reads are normally recorded in their transaction there) writes in the thread that
-        # submits, right after its commit.
-        self.inline = engine.dialect.name == "sqlite"
-        self._thread: threading.Thread | None = None
-        if not self.inline:
-            self._thread = threading.Thread(target=self._run, name="careplane-audit-writer",
-                                            daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="careplane-audit-writer",
+                                        daemon=True)
+        self._thread.start()
 
     @property
     def queued(self) -> int:
@@ -271,15 +259,14 @@ class AuditWriter:
     def submit(self, rows: list[dict[str, Any]]) -> None:
         """Queue ``rows`` (room having been reserved); never raises, never drops."""
         with self._cond:
+            was_empty = not self._queue
             now = time.monotonic()
             self._queue.extend((now, row) for row in rows)
-            self._cond.notify_all()
-        if self.inline:
-            try:
-                self.flush()
-            except Exception as exc:  # kept queued: the next flush writes them
-                log.error("audit records could not be written (%d queued): %s",
-                          len(self._queue), exc.__class__.__name__)
+            # Wake the thread only when it has something new to do: a first record starts
+            # its delay, a full batch ends it. Waking it on every read would cost each
+            # request a thread switch for nothing.
+            if was_empty or len(self._queue) >= self.batch:
+                self._cond.notify_all()
 
     def flush(self) -> None:
         """Write every record submitted before this call; raises if the database refuses."""
@@ -294,8 +281,7 @@ class AuditWriter:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._thread.join(timeout=30)
         self.flush()
 
     def _write_batch(self) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 import hmac
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
@@ -27,9 +27,9 @@ from careplane.security.access_tokens import TokenRejected, is_jwt, resolve_acce
 from careplane.security.identity import resolve_token
 from careplane.security.issuer import issuer_url
 
-__all__ = ["BREAK_GLASS_HEADER", "CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE",
-           "PrincipalDep", "authenticate_request", "current_principal", "require_roles",
-           "token_session"]
+__all__ = ["BREAK_GLASS_HEADER", "CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "Credentials",
+           "CredentialsDep", "PrincipalDep", "authenticate_request", "current_principal",
+           "principal_of", "read_credentials", "require_roles", "resolve", "token_session"]
 
 SESSION_COOKIE = "careplane_session"
 CSRF_COOKIE = "careplane_csrf"
@@ -64,8 +64,8 @@ async def _form_csrf(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _break_glass(request: Request, principal: Principal) -> Principal:
-    reason = request.headers.get(BREAK_GLASS_HEADER, "").strip()
+def _break_glass(header: str, principal: Principal) -> Principal:
+    reason = header.strip()
     if not reason:
         return principal
     if len(reason) < 10 or len(reason) > 500 or not reason.isprintable():
@@ -78,23 +78,38 @@ def _break_glass(request: Request, principal: Principal) -> Principal:
 @contextmanager
 def token_session(platform: Platform) -> Iterator[Session]:
     """Where a token is looked up: one indexed query and, at most once a minute, the token's
-    last-use time. On PostgreSQL these run in autocommit, so authentication costs no BEGIN
-    or COMMIT round trips of its own; on SQLite those cost nothing and the usual unit of work
-    is kept."""
-    if not platform.db.is_postgresql:
-        with platform.db.session() as session:
-            yield session
-        return
-    with platform.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn, \
-            Session(bind=conn) as session:
+    last-use time. The statements run in autocommit (:meth:`Database.read_session`), so
+    authentication costs no BEGIN or COMMIT round trips on PostgreSQL and takes no write lock
+    on SQLite (the occasional last-use update is a transaction of its own)."""
+    with platform.db.read_session() as session:
         yield session
 
 
-def authenticate_request(request: Request, platform: PlatformDep,
-                         form_csrf: Annotated[str | None, Depends(_form_csrf)] = None
-                         ) -> Principal | None:
-    """The principal of this request, or None when it carries no credentials at all."""
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """What a request presents, read without I/O: a bearer token or a session cookie.
+
+    :func:`resolve` turns it into a :class:`Principal` (database work). Handlers on the hot
+    path take :data:`CredentialsDep` and call :func:`principal_of` inside their own worker
+    thread, so authentication costs them no thread-pool hop of its own; everything else
+    takes :data:`PrincipalDep`, which resolves in a dependency. Both decide the same way.
+    """
+
+    kind: str  # "bearer" or "session"
+    token: str
+    issuer: str
+    external: Any  # security.oidc's provider, when one is trusted
+    break_glass: str
+    # session cookies on unsafe methods only: whether the CSRF proof matched
+    csrf_ok: bool = True
+
+
+async def read_credentials(request: Request,
+                           form_csrf: Annotated[str | None, Depends(_form_csrf)] = None
+                           ) -> Credentials | None:
+    """The request's credentials (401 for a malformed Authorization header), or None."""
     header = request.headers.get("authorization")
+    reason = request.headers.get(BREAK_GLASS_HEADER, "")
     if header:
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -103,35 +118,67 @@ def authenticate_request(request: Request, platform: PlatformDep,
                                 "invalid_request")
         if len(token) > 8192:
             raise _unauthorised("the bearer token is too long", "invalid_token")
-        with token_session(platform) as session:
-            if is_jwt(token):
-                external = getattr(request.app.state, "oidc_provider", None)  # security.oidc
-                try:
-                    principal: Principal | None = external.resolve(session, token) \
-                        if external is not None and external.issued(token) \
-                        else resolve_access_token(session, token, issuer=issuer_url(request))
-                except TokenRejected as exc:
-                    raise _unauthorised(str(exc), "invalid_token") from None
-            else:
-                principal = resolve_token(session, token, kind="bearer")
-        if principal is None:
-            raise _unauthorised("the bearer token is invalid, expired or revoked",
-                                "invalid_token")
-        return _break_glass(request, principal)
+        if not is_jwt(token):  # an opaque careplane token: no issuer to compare
+            return Credentials("bearer", token, "", None, reason)
+        external = getattr(request.app.state, "oidc_provider", None)  # security.oidc
+        return Credentials("bearer", token, issuer_url(request), external, reason)
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
-    with token_session(platform) as session:
-        principal = resolve_token(session, cookie, kind="session")
-    if principal is None:
-        return None
+    csrf_ok = True
     if request.method not in _SAFE_METHODS:
         # A cookie is sent by the browser on its own; demand proof the page made this request.
         sent = request.headers.get(CSRF_HEADER) or form_csrf or ""
         expected = request.cookies.get(CSRF_COOKIE, "")
-        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
-    return _break_glass(request, principal)
+        csrf_ok = bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+    return Credentials("session", cookie, "", None, reason, csrf_ok)
+
+
+def resolve(platform: Platform, credentials: Credentials | None) -> Principal | None:
+    """The principal behind ``credentials`` (one indexed query), or None when there are none
+    or a session cookie is unknown; 401 for a refused bearer token, 403 for a cookie
+    without its CSRF proof, 400 for a malformed break-glass reason."""
+    if credentials is None:
+        return None
+    token = credentials.token
+    with token_session(platform) as session:
+        if credentials.kind == "session":
+            principal = resolve_token(session, token, kind="session")
+        elif is_jwt(token):
+            external = credentials.external
+            try:
+                principal = external.resolve(session, token) \
+                    if external is not None and external.issued(token) \
+                    else resolve_access_token(session, token, issuer=credentials.issuer)
+            except TokenRejected as exc:
+                raise _unauthorised(str(exc), "invalid_token") from None
+        else:
+            principal = resolve_token(session, token, kind="bearer")
+    if principal is None:
+        if credentials.kind == "session":
+            return None
+        raise _unauthorised("the bearer token is invalid, expired or revoked",
+                            "invalid_token")
+    if not credentials.csrf_ok:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+    return _break_glass(credentials.break_glass, principal)
+
+
+def principal_of(platform: Platform, credentials: Credentials | None) -> Principal:
+    """:func:`resolve`, and 401 when the request is not authenticated at all."""
+    principal = resolve(platform, credentials)
+    if principal is None:
+        raise _unauthorised("authentication required")
+    return principal
+
+
+CredentialsDep = Annotated[Credentials | None, Depends(read_credentials)]
+
+
+def authenticate_request(platform: PlatformDep, credentials: CredentialsDep
+                         ) -> Principal | None:
+    """The principal of this request, or None when it carries no credentials at all."""
+    return resolve(platform, credentials)
 
 
 async def current_principal(

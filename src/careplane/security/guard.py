@@ -91,12 +91,22 @@ def _record_refusals(bind: Engine | Connection, refusals: list[dict[str, Any]]) 
     """Write refusals durably in their own transaction, after the reads this process has
     queued, so that the chain shows what a caller read before being refused in order."""
     flush(bind)
+    if isinstance(bind, Connection) and _autocommit(bind):
+        # A read session's connection runs each statement on its own: the chain's lock
+        # would not be held across the append, so the refusal takes a pooled connection.
+        bind = bind.engine
     with Session(bind=bind) as own:
         for refusal in refusals:
             record(own, refusal["principal"], refusal["action"], refusal["target"],
                    outcome=Outcome.denied, decision=refusal["decision"],
                    source=refusal["source"], detail=refusal["detail"])
         own.commit()
+
+
+def _autocommit(conn: Connection) -> bool:
+    options = conn.get_execution_options()
+    return bool(options.get("isolation_level") == "AUTOCOMMIT"
+                or options.get("careplane_autocommit"))
 
 
 @event.listens_for(Session, "after_transaction_end")

@@ -9,7 +9,7 @@ exist is the pluggable part: :class:`PollingWakeup` (any database, the embedded 
 
 from careplane.platform.events._hub import Event, EventHub, Subscription
 from careplane.platform.events._models import EventRecord
-from careplane.platform.events._publish import CHANNEL, prune, publish
+from careplane.platform.events._publish import CHANNEL, mark_published, prune, publish
 from careplane.platform.events._wakeup import PollingWakeup, PostgresListenWakeup, Wakeup
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "PostgresListenWakeup",
     "Subscription",
     "Wakeup",
+    "mark_published",
     "prune",
     "publish",
 ]

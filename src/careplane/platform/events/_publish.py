@@ -10,6 +10,13 @@ from careplane.platform.db import utcnow
 from careplane.platform.events._models import EventRecord
 
 CHANNEL = "careplane_events"
+PUBLISHED = "careplane.events.published"
+
+
+def mark_published(session: Session) -> None:
+    """Note that ``session`` wrote to the outbox, so its commit wakes this process's hub
+    (``Platform.session``); a session that published nothing costs the hub no outbox read."""
+    session.info[PUBLISHED] = True
 
 
 def publish(session: Session, topic: str, payload: dict[str, Any], *,
@@ -21,6 +28,7 @@ def publish(session: Session, topic: str, payload: dict[str, Any], *,
     record = EventRecord(topic=topic, payload=payload, org_id=org_id)
     session.add(record)
     session.flush()
+    mark_published(session)
     if session.get_bind().dialect.name == "postgresql":
         # NOTIFY is transactional too: listeners wake only when the change is visible.
         session.execute(text("SELECT pg_notify(:channel, :id)"),
