@@ -95,3 +95,37 @@ def test_cli_refuses_a_short_password(settings: Settings, monkeypatch: pytest.Mo
                                "--password", "a-long-enough-password"])
     assert fine.exit_code == 0, fine.output
     assert json.loads(fine.stdout)["username"] == "pat"
+
+
+def test_changing_the_password_signs_out_every_other_token(client: TestClient,
+                                                           accounts: Accounts) -> None:
+    nurse = accounts.make("hana", Role.clinician)
+    other = client.post("/api/auth/token", json={"username": "hana",
+                                                 "password": nurse.password})
+    assert other.status_code == 200
+    elsewhere = {"Authorization": f"Bearer {other.json()['access_token']}"}
+    assert client.get("/api/auth/me", headers=elsewhere).status_code == 200
+    ok = client.post("/api/auth/password", headers=nurse.headers,
+                     json={"current_password": nurse.password,
+                           "new_password": "a much longer passphrase"})
+    assert ok.status_code == 204, ok.text
+    assert client.get("/api/auth/me", headers=elsewhere).status_code == 401
+    assert client.get("/api/auth/me", headers=nurse.headers).status_code == 200
+
+
+def test_wrong_current_passwords_lock_the_account(client: TestClient,
+                                                  accounts: Accounts) -> None:
+    from careplane.security.identity import MAX_FAILED_LOGINS
+
+    nurse = accounts.make("ines", Role.clinician)
+    for _ in range(MAX_FAILED_LOGINS):
+        wrong = client.post("/api/auth/password", headers=nurse.headers,
+                            json={"current_password": "a guess at it",
+                                  "new_password": "a much longer passphrase"})
+        assert wrong.status_code == 403
+    locked = client.post("/api/auth/password", headers=nurse.headers,
+                         json={"current_password": nurse.password,
+                               "new_password": "a much longer passphrase"})
+    assert locked.status_code == 403 and "locked" in locked.json()["error"]["message"]
+    assert client.post("/api/auth/token", json={
+        "username": "ines", "password": nurse.password}).status_code == 401

@@ -15,14 +15,14 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from careplane.platform.db import utcnow
 from careplane.security._principal import Principal, Role
 from careplane.security.models import AuthToken, Membership, Organisation, User
-from careplane.security.oauth_models import UserPatient
+from careplane.security.oauth_models import RefreshToken, UserPatient
 from careplane.security.passwords import hash_password, password_problem, verify_password
 from careplane.security.totp import is_enrolled, verify_code
 
-__all__ = ["IdentityError", "IssuedToken", "LoginResult", "add_membership", "authenticate",
-           "change_password",
-           "check_login", "create_org", "create_user", "issue_token", "link_patient",
-           "resolve_token", "revoke_token"]
+__all__ = ["IdentityError", "IssuedToken", "LoginResult", "WrongPassword", "add_membership",
+           "authenticate", "change_password", "check_login", "create_org", "create_user",
+           "issue_token", "link_patient", "resolve_token", "revoke_token",
+           "revoke_user_tokens"]
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
@@ -83,18 +83,61 @@ def create_user(session: Session, username: str, password: str, *, org: Organisa
     return user
 
 
-def change_password(session: Session, user: User, current: str, new: str) -> None:
+class WrongPassword(IdentityError):
+    """The current password given to prove who is asking is wrong (counted as a failure)."""
+
+
+def change_password(session: Session, user: User, current: str, new: str, *,
+                    keep_token_id: str | None = None) -> int:
     """Replace a user's password: the current one must be right and the new one must meet
-    the password policy (:mod:`careplane.security.passwords`) and differ from it."""
+    the password policy (:mod:`careplane.security.passwords`) and differ from it.
+
+    A wrong current password counts toward the lockout like a failed sign-in (the caller
+    commits that count: :class:`WrongPassword` is raised after it is made), and a locked
+    account cannot change its password, so a stolen token cannot be used to guess it. On
+    success every other token and web session of the user is revoked, and their OAuth
+    refresh tokens with them (whoever knew the old password is signed out everywhere);
+    ``keep_token_id``, the token of the request, stays valid. Returns how many were revoked.
+    """
+    now = utcnow()
+    if user.locked_until and user.locked_until > now:
+        raise WrongPassword("too many wrong passwords: the account is locked for a while")
     if not verify_password(current, user.password_hash)[0]:
-        raise IdentityError("the current password is wrong")
+        _count_failure(user, now)
+        session.flush()
+        raise WrongPassword("the current password is wrong")
     problem = password_problem(new, username=user.username)
     if problem is not None:
         raise IdentityError(problem)
     if new == current:
         raise IdentityError("the new password must differ from the current one")
     user.password_hash = hash_password(new)
+    user.failed_logins = 0
+    revoked = revoke_user_tokens(session, user.id, keep_token_id=keep_token_id, when=now)
     session.flush()
+    return revoked
+
+
+def revoke_user_tokens(session: Session, user_id: str, *, keep_token_id: str | None = None,
+                       when: datetime | None = None) -> int:
+    """Revoke every live token, web session and refresh token of a user but one."""
+    when = when or utcnow()
+    tokens = update(AuthToken).where(AuthToken.user_id == user_id,
+                                     AuthToken.revoked_at.is_(None))
+    if keep_token_id is not None:
+        tokens = tokens.where(AuthToken.id != keep_token_id)
+    revoked = session.execute(tokens.values(revoked_at=when))
+    refresh = session.execute(update(RefreshToken).where(
+        RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=when))
+    return int(getattr(revoked, "rowcount", 0) or 0) + int(getattr(refresh, "rowcount", 0) or 0)
+
+
+def _count_failure(user: User, now: datetime) -> None:
+    user.failed_logins += 1
+    if user.failed_logins >= MAX_FAILED_LOGINS:
+        user.locked_until = now + LOCKOUT
+        user.failed_logins = 0
 
 
 def add_membership(session: Session, user: User, org: Organisation, role: Role) -> Membership:
@@ -132,10 +175,7 @@ def check_login(session: Session, username: str, password: str, *, totp: str | N
             return LoginResult(None, needs_code=True)
         ok = verify_code(session, user.id, totp, secret_key)
     if not ok:
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILED_LOGINS:
-            user.locked_until = now + LOCKOUT
-            user.failed_logins = 0
+        _count_failure(user, now)
         return LoginResult(None)
     user.failed_logins = 0
     user.locked_until = None

@@ -18,6 +18,7 @@ from careplane.security._principal import Principal
 from careplane.security.deps import current_principal
 from careplane.security.identity import (
     IdentityError,
+    WrongPassword,
     change_password,
     check_login,
     issue_token,
@@ -151,14 +152,18 @@ def password_change(body: PasswordChange,
                     principal: Annotated[Principal, Depends(current_principal)],
                     platform: PlatformDep) -> None:
     """Change your own password (the current one proves it is really you)."""
+    refused: WrongPassword | None = None
     with platform.session() as session:
         user = session.get(User, principal.user_id)
         if user is None or principal.client_id is not None:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 "only a signed-in person has a password")
         try:
-            change_password(session, user, body.current_password, body.new_password)
+            change_password(session, user, body.current_password, body.new_password,
+                            keep_token_id=principal.token_id)
+        except WrongPassword as exc:
+            refused = exc  # committed: the failure counts toward the lockout
         except IdentityError as exc:
-            wrong = "current password" in str(exc)
-            raise HTTPException(status.HTTP_403_FORBIDDEN if wrong
-                                else status.HTTP_400_BAD_REQUEST, str(exc)) from None
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if refused is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(refused))
