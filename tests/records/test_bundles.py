@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -294,3 +295,29 @@ def test_a_consent_that_cannot_be_enforced_names_its_entry_and_keeps_nothing(
     assert issue["expression"] == ["Bundle.entry[1].resource"]
     assert "Bundle.entry[1]" in issue["diagnostics"] and "permit' or 'deny'" in issue["diagnostics"]
     assert fhir.search("Patient", {"family": "unsure"})["total"] == 0
+
+
+def test_transactions_arriving_together_create_a_conditional_resource_once(fhir: Fhir) -> None:
+    """Transactions that each create the same Organization if it does not exist, posted at
+    the same time, leave one Organization, which every one of them refers to."""
+    def bundle(i: int) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:0b6c1f5e-8a63-4a8e-9d0e-3c2f4f1a7e01",
+             "resource": {"resourceType": "Organization", "name": "Shared Clinic",
+                          "identifier": [{"system": "urn:test:org", "value": "shared"}]},
+             "request": {"method": "POST", "url": "Organization",
+                         "ifNoneExist": "identifier=urn:test:org|shared"}},
+            {"fullUrl": f"urn:uuid:0b6c1f5e-8a63-4a8e-9d0e-3c2f4f1a7f{i:02d}",
+             "resource": {**patient(f"Parallel{i}"),
+                          "managingOrganization": {
+                              "reference": "urn:uuid:0b6c1f5e-8a63-4a8e-9d0e-3c2f4f1a7e01"}},
+             "request": {"method": "POST", "url": "Patient"}}]}
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda i: fhir.post("", bundle(i)), range(12)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    orgs = fhir.get("Organization?identifier=urn:test:org|shared").json().get("entry") or []
+    assert len(orgs) == 1
+    org = f"Organization/{orgs[0]['resource']['id']}"
+    found = fhir.get("Patient?organization=" + org + "&_count=50").json().get("entry") or []
+    assert len(found) == 12

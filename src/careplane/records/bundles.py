@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from careplane.records import store
@@ -226,6 +227,7 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
                  ) -> None:
     ids: dict[str, str] = {}          # fullUrl -> Type/id
     skipped: set[int] = set()         # conditional creates that matched an existing resource
+    _serialise_conditions(session, entries)
     for e in entries:                 # conditional creates first: they may give ids
         if e.method == "POST" and e.if_none_exist is not None:
             assert e.rtype is not None
@@ -327,6 +329,34 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
                 _get(session, principal, e, base)
             except FhirError as exc:
                 raise _entry_error(e.index, exc) from None
+
+
+#: The first key of the advisory locks that serialise conditional writes (PostgreSQL).
+_CONDITION_LOCKS = 7350100
+
+
+def _serialise_conditions(session: Session, entries: list[_Entry]) -> None:
+    """Make conditional creates and updates safe when transactions arrive at once.
+
+    Two transactions that both create ``Organization?identifier=x`` if it does not exist
+    would otherwise both find nothing and both create it (and every later condition would
+    match two). On PostgreSQL each condition (type and query) takes a transaction-level
+    advisory lock before it is searched, so the second waits for the first to commit and
+    then finds what it created. The locks are taken in one statement in sorted order, so
+    two transactions sharing several conditions cannot deadlock. SQLite needs nothing:
+    its transactions hold the database's write lock from the start.
+    """
+    conditions = sorted({f"{e.rtype}?{(e.if_none_exist or '').lstrip('?')}" if e.method == "POST"
+                         else f"{e.rtype}?{urlencode(e.query or [])}"
+                         for e in entries
+                         if (e.method == "POST" and e.if_none_exist is not None)
+                         or (e.method == "PUT" and e.rid is None and e.query)})
+    if not conditions or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(text(
+        "SELECT pg_advisory_xact_lock(:space, hashtext(c)) "
+        "FROM unnest(CAST(:conditions AS text[])) AS t(c)"),
+        {"space": _CONDITION_LOCKS, "conditions": conditions})
 
 
 @dataclass
