@@ -137,7 +137,7 @@ def test_a_failing_minimap2_program_raises_with_its_message(
     fake = tmp_path / "minimap2"
     fake.write_text("#!/bin/sh\necho 'index is damaged' >&2\nexit 3\n")
     fake.chmod(0o755)
-    with pytest.raises(RuntimeError, match="minimap2 failed.*index is damaged"):
+    with pytest.raises(RuntimeError, match=r"minimap2 failed.*index is damaged"):
         align_chunk(str(ref.mmi), ref.contigs, _pairs(dataset, 10), str(tmp_path / "c.bam"),
                     "S", program=str(fake))
     assert not (tmp_path / "c.bam").exists()

@@ -91,3 +91,68 @@ def test_killed_run_resumes_where_it_stopped(dataset: SimulatedDataset, tmp_path
     assert result.exit_code == 0, result.output
     assert "resuming the interrupted run" in result.output
     assert json.loads(result.stdout)["qc"]["read_pairs"] == dataset.read_pairs
+
+
+def _wait_for_pool_started(group: int) -> None:
+    """Until every pool process of the run has started (and so ignores SIGINT)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pool = []
+        for entry in os.listdir("/proc"):
+            try:
+                if not entry.isdigit() or os.getpgid(int(entry)) != group:
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if b"spawn_main" not in fh.read():
+                        continue
+                with open(f"/proc/{entry}/status") as fh:
+                    ignored = next(int(line.split()[1], 16) for line in fh
+                                   if line.startswith("SigIgn:"))
+            except (OSError, StopIteration):
+                continue
+            pool.append(bool(ignored & (1 << (signal.SIGINT - 1))))
+        if len(pool) == 2 and all(pool):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run's two pool processes did not start")
+
+
+def test_ctrl_c_stops_the_run_promptly_and_it_resumes(dataset: SimulatedDataset,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _run_args(dataset, out, tmp_path)
+    args[args.index("1000")] = "100"  # many small chunks, so Ctrl-C lands mid-alignment
+    proc = subprocess.Popen([sys.executable, "-m", "careplane", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    jobs_db = out / ".careplane-S1" / "jobs.db"
+    chunks = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and chunks < 3:
+        time.sleep(0.05)
+        if jobs_db.exists():
+            try:
+                with sqlite3.connect(jobs_db) as conn:
+                    row = conn.execute("SELECT state FROM job").fetchone()
+                chunks = len(json.loads(row[0]).get("chunks", {})) if row else 0
+            except sqlite3.Error:
+                continue
+    assert chunks >= 3
+    _wait_for_pool_started(proc.pid)
+    # Ctrl-C on a terminal: SIGINT to every process of the foreground group, pool included.
+    os.killpg(proc.pid, signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 15
+    assert proc.returncode == 130, err
+    stderr = err.decode()
+    assert "interrupted; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert not (out / "S1.vcf.gz").exists()
+    with sqlite3.connect(jobs_db) as conn:
+        status, state = conn.execute("SELECT status, state FROM job").fetchone()
+    assert status == "queued" and len(json.loads(state)["chunks"]) >= 3  # checkpoint kept
+
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "resuming the interrupted run" in result.output
+    assert json.loads(result.stdout)["qc"]["read_pairs"] == dataset.read_pairs

@@ -168,8 +168,11 @@ def run_command(
         try:
             job = _follow(db, job_id, show_bar=sys.stderr.isatty())
         except KeyboardInterrupt:
+            # The pipeline sees the cancel within a second, lets the units of work under way
+            # finish (seconds) and keeps its checkpoint; the job goes back to the queue.
+            typer.echo("\ninterrupted: stopping after the work under way", err=True)
             worker.stop()
-            thread.join()
+            _join_quietly(thread)
             db.dispose()
             _fail("interrupted; run the same command again to resume", code=130)
         thread.join()
@@ -181,6 +184,16 @@ def run_command(
     result = dict(job.result or {})
     result["wall_seconds"] = round(time.monotonic() - started, 2)
     typer.echo(json.dumps(result, indent=2))
+
+
+def _join_quietly(thread: threading.Thread) -> None:
+    """Wait for the run to stop; a second Ctrl-C meanwhile does not cut the wait short (the
+    run would be left half-stopped), it is only acknowledged."""
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            typer.echo("still stopping: the work under way is being finished", err=True)
 
 
 def _job_tables(db: Any) -> None:

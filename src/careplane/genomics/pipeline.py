@@ -30,6 +30,7 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -192,8 +193,9 @@ class _Run:
         def collect(block: bool) -> None:
             if not pending:
                 return
-            finished, _ = wait(list(pending), timeout=None if block else 0,
+            finished, _ = wait(list(pending), timeout=1.0 if block else 0,
                                return_when=FIRST_COMPLETED)
+            self.reporter.check()  # a cancel (or Ctrl-C) is seen within a second
             for fut in finished:
                 i = pending.pop(fut)
                 done[str(i)] = fut.result().to_dict()
@@ -326,7 +328,8 @@ class _Run:
         spec = self.spec
         if spec.executor == "local":
             ctx = multiprocessing.get_context("spawn")
-            return ProcessPoolExecutor(max_workers=max(1, spec.threads), mp_context=ctx)
+            return ProcessPoolExecutor(max_workers=max(1, spec.threads), mp_context=ctx,
+                                       initializer=_ignore_interrupts)
         if spec.executor == "ray":
             from careplane.platform.jobs.ray_executor import RayExecutor, ray_available
 
@@ -401,6 +404,19 @@ class _Run:
         self.reporter.progress(_TOTAL, _TOTAL, "finished")
         return PipelineOutputs(bam=bam_out, bai=Path(f"{bam_out}.bai"), vcf=vcf_out,
                                tbi=Path(f"{vcf_out}.tbi"), qc=qc_out, qc_document=document)
+
+
+def _ignore_interrupts() -> None:
+    """Pool processes ignore SIGINT (and so do the programs they start).
+
+    Ctrl-C on a terminal signals the whole process group. Left to themselves, the pool's
+    processes would each stop with a traceback and break the pool under the running step; the
+    process that owns the run turns the interrupt into a cancel instead, which stops the run
+    at the next unit of work (within a second or so) and keeps its checkpoint. A pool process
+    still starting up (it takes a second) has not got here yet: an interrupt then prints its
+    traceback, and the run still stops and resumes the same way.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def mark_duplicates(source: str, out: str, threads: str, level: int, tmp: str) -> None:
