@@ -115,3 +115,18 @@ def test_errors_survive_pickling() -> None:
 
     err = pickle.loads(pickle.dumps(FastqError("x.fq", 3, "bad")))
     assert str(err) == "x.fq line 3: bad" and err.line == 3
+
+
+@pytest.mark.parametrize("headers", [
+    [b"r1/1", b"r2/1"], [b"r1/2", b"r2/2"], [b"r1", b"r2"], [b"r1/1 c x", b"r2/1 y"],
+    [b"x/2/1", b"y/1/1"], [b"r1/1", b"r2"], [b"/1", b"a/1"], [b"a\tb/1", b"c/1"],
+    [b"r1 1:N:0:ACGT", b"r2 1:N:0:ACGT"], [b"ab/3", b"cd/1"]])
+def test_batch_mate_names_equal_the_per_record_rule(headers: list[bytes]) -> None:
+    """The batch shortcut gives exactly the per-record names, or declines (None)."""
+    from careplane.genomics.fastq import _mate_name_bytes, _mate_names_fast
+
+    fast = _mate_names_fast(headers)
+    if fast is not None:
+        assert fast == [_mate_name_bytes(h) for h in headers]
+    if headers in ([b"r1/1", b"r2/1"], [b"r1 1:N:0:ACGT", b"r2 1:N:0:ACGT"]):
+        assert fast == [b"r1", b"r2"]  # the usual shapes take the shortcut

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -210,35 +211,62 @@ class FastqReader:
         return name, seq.decode("ascii"), qual.decode("ascii")
 
 
-def _read_batch(reader: FastqReader, n: int) -> list[tuple[bytes, bytes, bytes]]:
-    """Up to ``n`` records: whole records inside the current block are checked in one tight
-    loop; anything unusual (a record across blocks, a blank line, an error) takes the careful
-    path of :meth:`FastqReader.read`, which gives the exact message and line."""
-    out: list[tuple[bytes, bytes, bytes]] = []
-    append = out.append
-    seq_ok, qual_ok = _SEQ_OK, _QUAL_OK
+class _Batch:
+    """Records as three parallel lists: names (header without ``@``), sequences, qualities."""
+
+    __slots__ = ("headers", "quals", "seqs")
+
+    def __init__(self) -> None:
+        self.headers: list[bytes] = []
+        self.seqs: list[bytes] = []
+        self.quals: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+def _whole_block_ok(h: list[bytes], s: list[bytes], p: list[bytes], q: list[bytes]) -> bool:
+    """Every record in these lines is well formed: checked list-wise, each test one C loop
+    over the whole block rather than a few bytes operations per record."""
+    n = len(s)
+    heads = b"\n".join(h)
+    plus = b"\n".join(p)
+    lengths = list(map(len, s))
+    return (heads[:1] == b"@" and heads.count(b"\n@") == n - 1
+            and plus[:1] == b"+" and plus.count(b"\n+") == n - 1
+            and lengths == list(map(len, q)) and min(lengths) > 0
+            and not b"".join(s).translate(None, _SEQ_OK)
+            and not b"".join(q).translate(None, _QUAL_OK))
+
+
+def _read_batch(reader: FastqReader, n: int) -> _Batch:
+    """Up to ``n`` records. The whole records inside the current block are checked at once
+    (see :func:`_whole_block_ok`); when that finds a fault, or a record spans two blocks, or
+    there is a blank line, the records go one by one through :meth:`FastqReader.read`, which
+    names the exact line at fault."""
+    out = _Batch()
     while len(out) < n:
         lines, i = reader._lines, reader._next
         whole = min((len(lines) - i) // 4, n - len(out))
-        stop = i + 4 * whole
-        start = i
-        while i < stop:
-            h, s, p, q = lines[i], lines[i + 1], lines[i + 2], lines[i + 3]
-            if (h[:1] != b"@" or p[:1] != b"+" or not s or len(s) != len(q)
-                    or s.translate(None, seq_ok) or q.translate(None, qual_ok)):
-                break
-            append((h[1:], s, q))
-            i += 4
-        reader._next = i
-        reader.line += i - start
-        reader.records += (i - start) // 4
-        if len(out) >= n:
-            break
-        record = reader.read()
+        if whole:
+            stop = i + 4 * whole
+            h, s, p, q = (lines[i:stop:4], lines[i + 1:stop:4], lines[i + 2:stop:4],
+                          lines[i + 3:stop:4])
+            if _whole_block_ok(h, s, p, q):
+                out.headers.extend([x[1:] for x in h])
+                out.seqs.extend(s)
+                out.quals.extend(q)
+                reader._next = stop
+                reader.line += 4 * whole
+                reader.records += whole
+                if len(out) >= n:
+                    break
+        record = reader.read()  # one record the careful way (it raises on a fault)
         if record is None:
             break
-        append((record[0].encode("ascii"), record[1].encode("ascii"),
-                record[2].encode("ascii")))
+        out.headers.append(record[0].encode("ascii"))
+        out.seqs.append(record[1].encode("ascii"))
+        out.quals.append(record[2].encode("ascii"))
     return out
 
 
@@ -250,6 +278,39 @@ def _mate_name_bytes(header: bytes) -> bytes:
     if len(word) > 2 and word[-2:] in (b"/1", b"/2"):
         return word[:-2]
     return word
+
+
+_COMMENT = re.compile(rb" [^\n]*")
+
+
+def _mate_names_fast(headers: list[bytes]) -> list[bytes] | None:
+    """:func:`_mate_name_bytes` of every header, for the usual shapes of a whole batch (no
+    tabs; all names ending in ``/1``, all in ``/2`` or none in either), in a few C loops;
+    None when the batch has another shape and needs the per-record function."""
+    joined = b"\n".join(headers) + b"\n"
+    if b"\t" in joined:
+        return None
+    if b" " in joined:  # comments after the name
+        joined = _COMMENT.sub(b"", joined)
+    n = len(headers)
+    for suffix in (b"/1\n", b"/2\n"):
+        count = joined.count(suffix)
+        if count == n:
+            joined = joined.replace(suffix, b"\n")  # one suffix per name, stripped once
+            break
+        if count:
+            return None
+    else:
+        if b"/1\n" in joined or b"/2\n" in joined:
+            return None
+    if joined[:1] == b"\n" or b"\n\n" in joined:  # a name that was only "/1": keep it
+        return None
+    return joined.split(b"\n")[:-1]
+
+
+def _mate_names(batch: _Batch) -> list[bytes]:
+    fast = _mate_names_fast(batch.headers)
+    return fast if fast is not None else [_mate_name_bytes(h) for h in batch.headers]
 
 
 def read_pair_chunks(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
@@ -265,20 +326,23 @@ def read_pair_chunks(r1: FastqReader, r2: FastqReader, chunk_size: int = 20_000
             raise FastqError(short.name, short.line,
                              f"ends after {short.records} reads but {other.name} has more: "
                              "the mates are out of step")
-        if not a:
+        if not len(a):
             return
-        parts: list[bytes] = []
-        extend = parts.extend
-        for k, ((h1, s1, q1), (h2, s2, q2)) in enumerate(zip(a, b, strict=True)):
-            name = _mate_name_bytes(h1)
-            if _mate_name_bytes(h2) != name:
-                back = 4 * (len(a) - k)  # exact unless blank lines were skipped
-                raise FastqError(
-                    r2.name, r2.line - back + 1,
-                    f"mate name {_mate_name_bytes(h2).decode('ascii', 'replace')!r} does not "
-                    f"match {name.decode('ascii', 'replace')!r} at {r1.name} line "
-                    f"{r1.line - back + 1}: the mates are out of step")
-            extend((name, s1, q1, s2, q2))
+        names, names2 = _mate_names(a), _mate_names(b)
+        if names != names2:
+            k = next(k for k, (x, y) in enumerate(zip(names, names2, strict=True)) if x != y)
+            back = 4 * (len(a) - k)  # exact unless blank lines were skipped
+            raise FastqError(
+                r2.name, r2.line - back + 1,
+                f"mate name {names2[k].decode('ascii', 'replace')!r} does not "
+                f"match {names[k].decode('ascii', 'replace')!r} at {r1.name} line "
+                f"{r1.line - back + 1}: the mates are out of step")
+        parts: list[bytes] = [b""] * (5 * len(a))
+        parts[0::5] = names
+        parts[1::5] = a.seqs
+        parts[2::5] = a.quals
+        parts[3::5] = b.seqs
+        parts[4::5] = b.quals
         yield len(a), b"\n".join(parts)
 
 
