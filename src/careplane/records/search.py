@@ -1,13 +1,13 @@
 """Run a FHIR search and answer with a searchset Bundle.
 
 A search costs a fixed number of SQL statements whatever it finds: one for the page of
-matches (resources and their current JSON together), at most one for the total (none when
-the page shows it: see :func:`_page`), and one per ``_include``/``_revinclude`` (per round
-for ``:iterate``, at most three rounds), after the few that find the grants and consents
-concerning the caller. Every statement is held to the caller's organisation, less the
-patients (or their labelled resources) whose consent refuses the caller, so neither matches,
-includes, totals nor the paging links can reveal another organisation's resources or a
-refused patient's.
+matches (resources and their current JSON together, and without ``_total`` their number up
+to a bound: see :func:`_page`), one for the total when asked, and one per
+``_include``/``_revinclude`` (per round for ``:iterate``, at most three rounds), after the
+few that find the grants and consents concerning the caller. Every statement is held to the
+caller's organisation, less the patients (or their labelled resources) whose consent refuses
+the caller, so neither matches, includes, totals nor the paging links can reveal another
+organisation's resources or a refused patient's.
 
 Paging links are stable: without ``_sort`` the order is the row key and the next page starts
 after the last key seen (a keyset), so resources created or deleted meanwhile never shift a
@@ -248,10 +248,11 @@ def _page(session: Session, scope: Scope, req: SearchRequest, rtype: str,
           where: list[ColumnElement[bool]]) -> SearchResult:
     """One page of matches (and the total the request asks for, and the includes).
 
-    Without ``_total`` the total is given when it costs little: from the page itself when
-    the page is the last one, else by counting at most :data:`COUNT_BOUND` matches; beyond
-    that the Bundle has no total (FHIR leaves it optional), as an exact count of a common
-    code at scale costs more than the page. ``_total=accurate`` always counts them all.
+    Without ``_total`` the total is given when it costs little: the statement that finds the
+    page numbers at most :data:`COUNT_BOUND` matches (or the page, when further), and the
+    total is their number when there are no more; beyond that the Bundle has no total (FHIR
+    leaves it optional), as an exact count of a common code at scale costs more than the
+    page. ``_total=accurate`` always counts them all, in a statement of its own.
     """
     r = resource
     total = None
@@ -264,28 +265,37 @@ def _page(session: Session, scope: Scope, req: SearchRequest, rtype: str,
     if req.summary == "count" or req.count == 0 or (total == 0 and req.total == "accurate"):
         return SearchResult([], [], total, None, warnings=req.warnings)
     cursor = _decode(req.cursor) if req.cursor else {}
-    # The page's keys are chosen first, and only those rows' content is joined: otherwise
-    # the planner may fetch the JSON of every match before it sorts and cuts the page.
-    page = select(r.c.pk).where(*where)
-    offset = 0
-    if req.sort:
-        offset = cursor.get("o", 0)
-        order = sort_columns(r, rtype, req.sort)
-        page = page.order_by(*order).offset(offset)
-    else:
-        if "k" in cursor:
-            page = page.where(r.c.pk > cursor["k"])
-        order = [r.c.pk]
-        page = page.order_by(r.c.pk)
-    keys = page.limit(req.count + 1).subquery()
-    stmt = _with_content(r).where(r.c.pk.in_(select(keys.c.pk))).order_by(*order)
+    offset = cursor.get("o", 0) if req.sort else 0
+    after = None if req.sort else cursor.get("k")
+    # Without _total, the statement that finds the page also counts the matches up to the
+    # bound (only from the first match: a later keyset page is counted apart), so that the
+    # criteria are evaluated once for both.
+    counting = req.total is None and after is None
+    reach = offset + req.count + 1
+    limit = max(reach, COUNT_BOUND + 1) if counting else reach
+    order = sort_columns(r, rtype, req.sort) if req.sort else [r.c.pk]
+    # The page's keys are chosen first, numbered in the search's order, and only those rows'
+    # content is joined: otherwise the planner may fetch the JSON of every match before it
+    # sorts and cuts the page.
+    keys_q = select(r.c.pk, func.row_number().over(order_by=order).label("n")).where(*where)
+    if after is not None:
+        keys_q = keys_q.where(r.c.pk > after)
+    keys = keys_q.order_by(*order).limit(limit).cte("page_keys")
+    extra: list[Any] = []
+    if counting:
+        extra.append(select(func.count()).select_from(keys).scalar_subquery().label("seen"))
+    stmt = (_with_content(r).add_columns(*extra).join(keys, keys.c.pk == r.c.pk)
+            .where(keys.c.n > offset, keys.c.n <= reach).order_by(keys.c.n))
     rows = session.execute(stmt).all()
     more = len(rows) > req.count
+    seen = rows[0].seen if counting and rows else None
     rows = rows[:req.count]
     matches = [Found(row.pk, row.resource_type, row.id, row.content) for row in rows]
     if req.total is None:
-        if not more and (rows or offset == 0) and "k" not in cursor:
-            total = offset + len(rows)  # the last page: the matches are all in sight
+        if seen is not None:
+            total = seen if seen < limit else None  # all of them seen, or more than the bound
+        elif counting and offset == 0:
+            total = 0
         else:
             total = _count(session, r, where, COUNT_BOUND)
     next_cursor = None
