@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -283,6 +284,7 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
     rows = store.current_rows(session, [(e.rtype or "", e.rid or "") for e in changing])
     touched: dict[tuple[str, str], int] = {}
     pending: list[_Pending] = []
+    moment = store.now()  # one instant for the whole transaction: its lastUpdated
     for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
         if e.index in skipped or e.method in ("GET", "HEAD"):
             continue
@@ -297,7 +299,7 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
                                    f"{touched[key]} already; a transaction may touch a "
                                    "resource once")
             touched[key] = e.index
-            item = _prepare(principal, e, resolve, rows.get(key))
+            item = _prepare(principal, e, resolve, rows.get(key), moment)
             if item.write is None:
                 e.response = {"status": "204 No Content"}
             pending.append(item)
@@ -372,7 +374,7 @@ class _Pending:
 
 
 def _prepare(principal: Principal, e: _Entry, resolve: Callable[[str], str | None],
-             row: Any) -> _Pending:
+             row: Any, when: datetime | None = None) -> _Pending:
     """The write of one entry (not yet authorised), given its current row if it has one."""
     assert e.rtype is not None and e.rid is not None
     if e.method == "DELETE":
@@ -380,14 +382,14 @@ def _prepare(principal: Principal, e: _Entry, resolve: Callable[[str], str | Non
             what = target(e.rtype, row.org_id if row else principal.org_id, e.rid,
                           row.patient_id if row else None, row.content if row else None)
             return _Pending(e, None, 204, Action.delete, what, row.version if row else None)
-        return _Pending(e, store.prepare_delete(row), 204, Action.delete,
+        return _Pending(e, store.prepare_delete(row, when=when), 204, Action.delete,
                         target(e.rtype, row.org_id, e.rid, row.patient_id, row.content),
                         row.version)
     body = rewrite_references(e.resource, resolve)
     if e.method == "POST":
         body.pop("id", None)
         rtype = validate_resource(body, e.rtype)
-        write = store.prepare_create(principal, body, rtype, rid=e.rid)
+        write = store.prepare_create(principal, body, rtype, rid=e.rid, when=when)
         return _Pending(e, write, 201, Action.create,
                         target(rtype, principal.org_id, write.id, write.patient_id,
                                write.content), None)
@@ -397,11 +399,12 @@ def _prepare(principal: Principal, e: _Entry, resolve: Callable[[str], str | Non
                            f"url's {e.rid!r}")
     rtype = validate_resource(body, e.rtype)
     if row is None:
-        write = store.prepare_create(principal, body, rtype, rid=e.rid, method="PUT")
+        write = store.prepare_create(principal, body, rtype, rid=e.rid, method="PUT",
+                                     when=when)
         return _Pending(e, write, 201, Action.create,
                         target(rtype, principal.org_id, write.id, write.patient_id,
                                write.content), None)
-    write = store.prepare_update(row, body)
+    write = store.prepare_update(row, body, when=when)
     return _Pending(e, write, 200, Action.update,
                     target(rtype, row.org_id, e.rid, write.patient_id or row.patient_id,
                            write.content), row.version)

@@ -132,8 +132,12 @@ def date_range(text: str) -> DateRange:
     return DateRange(low, high)
 
 
+@lru_cache(maxsize=4096)
 def format_instant(moment: datetime) -> str:
-    """An instant as FHIR writes it: UTC, milliseconds, a Z."""
+    """An instant as FHIR writes it: UTC, milliseconds, a Z.
+
+    Cached: the resources of a transaction share one instant, written several times each.
+    """
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -146,6 +150,7 @@ class Ref:
     url: str | None
 
 
+@lru_cache(maxsize=65536)
 def parse_reference(text: str) -> Ref | None:
     """Split a reference string the way search indexes and matches it.
 
@@ -153,6 +158,7 @@ def parse_reference(text: str) -> Ref | None:
     search finds the resource, not one of its versions). An absolute URL keeps its text and,
     when it ends in ``Type/id``, that pair too, so ``_include`` can follow it when it points
     here. Canonical URLs lose their ``|version``. ``#contained`` references are not indexed.
+    Cached: a patient's record names the same patient, encounter and practitioners many times.
     """
     text = text.strip()
     if not text or text.startswith("#"):
