@@ -211,3 +211,32 @@ def test_a_patient_searching_across_types_sees_only_their_compartment(
         == mine - {c["dm"]}
     seen = set(_ids(me.search("", {"_id": f"{other},{their_obs},{c['hr']}"})))
     assert seen == {c["hr"]}
+
+
+def test_list_finds_the_resources_a_list_names(fhir: Fhir, other_org: Fhir,
+                                               chart: dict[str, str]) -> None:
+    other = fhir.create(patient("Not", "Listed"))["id"]
+    listed = fhir.create({"resourceType": "List", "status": "current", "mode": "working",
+                          "entry": [{"item": {"reference": f"Patient/{chart['pat']}"}},
+                                    {"item": {"reference": f"Observation/{chart['hr']}"}},
+                                    {"item": {"reference": f"Observation/{chart['bp']}"}}]})
+    lid = listed["id"]
+    assert _ids(fhir.search("Patient", {"_list": lid})) == [chart["pat"]]
+    assert sorted(_ids(fhir.search("Observation", {"_list": lid}))) == \
+        sorted([chart["hr"], chart["bp"]])
+    # AND'd with other criteria, OR'd across lists
+    assert _ids(fhir.search("Observation", {"_list": lid, "code": "8867-4"})) == [chart["hr"]]
+    assert _ids(fhir.search("Patient", {"_list": f"nolist,{lid}"})) == [chart["pat"]]
+    assert _ids(fhir.search("Patient", {"_list": "nolist"})) == []
+    assert other not in _ids(fhir.search("Patient", {"_list": lid}))
+    # across types
+    both = _ids(fhir.search("", {"_type": "Patient,Observation", "_list": lid}))
+    assert sorted(both) == sorted([chart["pat"], chart["hr"], chart["bp"]])
+    # another organisation's List is not theirs to use, nor are the resources it names
+    theirs = other_org.create({"resourceType": "List", "status": "current", "mode": "working",
+                               "entry": [{"item": {"reference": f"Patient/{other}"}}]})["id"]
+    assert _ids(fhir.search("Patient", {"_list": theirs})) == []
+    assert _ids(other_org.search("Patient", {"_list": lid})) == []
+    # functional lists ($current-problems...) are not kept: a clear 400
+    r = fhir.get("Condition", params={"_list": "$current-problems"})
+    assert r.status_code == 400 and "_list" in r.text

@@ -396,6 +396,18 @@ def _criterion(resource_type: str, name: str, raw: str, depth: int = 0) -> Crite
         if len(words) > MAX_VALUES:
             raise _bad(name, f"at most {MAX_VALUES} values may be OR'd")
         return Criterion(name, "fulltext", param, None, words)
+    if code == "_list" and not dot:
+        if modifier is not None:
+            raise _Refusal(f"_list does not take the modifier :{modifier}")
+        ids = tuple(i for i in (unescape(p).strip() for p in split_values(raw)) if i)
+        if not ids:
+            raise _bad(name, "has no value")
+        if len(ids) > MAX_VALUES:
+            raise _bad(name, f"at most {MAX_VALUES} values may be OR'd")
+        if not all(_LIST_ID.fullmatch(i) for i in ids):
+            raise _bad(name, "names a List by its id (functional lists such as $current-"
+                             "problems are not kept by this server)")
+        return Criterion(name, "list", None, None, ids)
     if code == "near" and resource_type == "Location" and not dot:
         if modifier is not None:
             raise _Refusal(f"near does not take the modifier :{modifier}")
@@ -495,6 +507,8 @@ def _finish(name: str, ptype: str, param: SearchParam | None, modifier: str | No
 
 
 _NAME = re.compile(r"[a-z][A-Za-z0-9]*")
+#: A resource id (FHIR's id datatype)
+_LIST_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def three_part(param: SearchParam) -> bool:

@@ -403,6 +403,8 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
         return _fulltext(r, resource_type, crit, scope)
     if crit.has is not None:
         return _reverse_chain(r, resource_type, crit, scope)
+    if crit.type == "list":
+        return _in_list(r, resource_type, crit, scope)
     if crit.param is None:
         return _on_row(r, crit)
     code = crit.param.code
@@ -599,6 +601,23 @@ def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Sc
                   t.c.target_type == resource_type, live(r2, source, scope, typed=False),
                   criterion_clause(r2, source, inner, scope)))
     return r.c.id.in_(ids)
+
+
+def _in_list(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
+             ) -> ColumnElement[bool]:
+    """``_list=id``: the resources a List the caller may see names in its entries
+    (``List.entry.item``, indexed as the List's ``item`` references)."""
+    t = INDEX_TABLES["reference"]
+    lists = resource.alias("lst")
+    named = (select(t.c.target_id)
+             .join(lists, lists.c.pk == t.c.resource_pk)
+             .where(t.c.resource_type == "List", t.c.param == "item",
+                    lists.c.id.in_([str(v) for v in crit.values]),
+                    live(lists, "List", scope)))
+    if resource_type != ANY_TYPE:
+        named = named.where(t.c.target_type == resource_type)
+        return r.c.id.in_(named)
+    return r.c.id.in_(named.where(t.c.target_type == r.c.resource_type))
 
 
 # -- sorting --------------------------------------------------------------------------------
