@@ -204,8 +204,8 @@ def bench_app(plat: Platform) -> FastAPI:
     @app.get("/secured/{oid}")
     def secured(oid: str, credentials: CredentialsDep, platform: PlatformDep
                 ) -> dict[str, bool]:
-        principal = principal_of(platform, credentials)
         with platform.read_session() as session:
+            principal = principal_of(platform, credentials, session=session)
             authorize(session, principal, Action.read,
                       Target("records:Observation", principal.org_id, id=oid,
                              patient_id="bench-patient"))

@@ -8,7 +8,7 @@ from careplane.demo import register_seeder
 from careplane.records import store
 from careplane.records.demo import seed_records
 from careplane.records.errors import FhirError
-from careplane.records.routes import FhirNotFound, router
+from careplane.records.routes import FhirNotFound, note_warnings, router
 from careplane.security import Role
 from careplane.security.consent import ConsentError, sync_fhir
 from careplane.web.nav import NavItem, register
@@ -23,10 +23,13 @@ register_seeder(seed_records)
 def _sync_consent(session: Session, write: store.Write) -> None:
     """A Consent written through FHIR is the policy's rule from the same transaction on."""
     try:
-        sync_fhir(session, org_id=write.org_id, rid=write.id, resource=write.content)
+        directive = sync_fhir(session, org_id=write.org_id, rid=write.id,
+                              resource=write.content)
     except ConsentError as exc:
         raise FhirError.of(422, "processing", f"this Consent cannot be enforced: {exc}",
                            expression="Consent") from None
+    if directive is not None and directive.warnings:
+        note_warnings(session, [f"Consent/{write.id}: {w}" for w in directive.warnings])
 
 
 def _refuse_audit_event(session: Session, write: store.Write) -> None:

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
 from careplane.deps import PlatformDep
@@ -44,7 +45,7 @@ from careplane.records.spec import resource_types
 from careplane.records.validation import validate_resource
 from careplane.security.deps import CredentialsDep, PrincipalDep, principal_of
 
-__all__ = ["FHIR_JSON", "FhirNotFound", "FhirRoute", "router"]
+__all__ = ["FHIR_JSON", "FhirNotFound", "FhirRoute", "note_warnings", "router"]
 
 log = logging.getLogger("careplane.fhir")
 
@@ -198,18 +199,36 @@ def _http_date(stored: store.StoredResource) -> str:
     return format_datetime(stored.last_updated, usegmt=True)
 
 
+_WARNINGS = "careplane.fhir.warnings"
+
+
+def note_warnings(session: Session, messages: list[str]) -> None:
+    """Warnings about a write that is kept all the same (the parts of a Consent that cannot be
+    enforced): the client gets them as OperationOutcome issues of severity ``warning`` when
+    it asks for ``Prefer: return=OperationOutcome``, as FHIR's RESTful API describes."""
+    session.info.setdefault(_WARNINGS, []).extend(messages)
+
+
+def _warnings(session: Session) -> list[str]:
+    found: list[str] = session.info.pop(_WARNINGS, [])
+    return found
+
+
 def resource_response(request: Request, stored: store.StoredResource, base: str, *,
-                      status: int = 200, location: bool = False) -> Response:
+                      status: int = 200, location: bool = False,
+                      warnings: list[str] | None = None) -> Response:
     headers = {"ETag": stored.etag, "Last-Modified": _http_date(stored)}
     if location:
         headers["Location"] = f"{base}/{stored.location}"
-    mode = prefer(request).get("return", "representation")
+    mode = prefer(request).get("return", "representation").lower()  # FHIR: OperationOutcome
     if mode == "minimal":
         return Response(status_code=status, headers=headers)
     if mode == "operationoutcome":
         return outcome_response(status, [Issue("informational", f"{stored.resource_type}/"
                                                f"{stored.id} version {stored.version}",
-                                               "information")], headers)
+                                               "information"),
+                                         *(Issue("not-supported", w, "warning")
+                                           for w in warnings or ())], headers)
     return fhir_json(stored.content, status, headers)
 
 
@@ -340,7 +359,9 @@ def create(rtype: str, request: Request, platform: PlatformDep, principal: Princ
                 stored = store.read(session, principal, rtype, found[0])
                 return resource_response(request, stored, base, status=200)
         stored = store.create(session, principal, body, resource_type=rtype)
-    return resource_response(request, stored, base, status=201, location=True)
+        warnings = _warnings(session)
+    return resource_response(request, stored, base, status=201, location=True,
+                             warnings=warnings)
 
 
 def _conditional(session: Any, principal: PrincipalDep, rtype: str, query: str) -> list[str]:
@@ -373,8 +394,9 @@ def conditional_update(rtype: str, request: Request, platform: PlatformDep,
             body = {**body, "id": rid}
         stored, created = store.update(session, principal, rtype, rid, body,
                                        if_match=request.headers.get("if-match"))
+        warnings = _warnings(session)
     return resource_response(request, stored, base, status=201 if created else 200,
-                             location=created)
+                             location=created, warnings=warnings)
 
 
 @router.delete("/{rtype}", dependencies=[Negotiated])
@@ -427,9 +449,9 @@ def patient_everything(rid: str, request: Request, platform: PlatformDep,
 @router.get("/{rtype}/{rid}/_history/{vid}", dependencies=[Negotiated])
 def vread(rtype: str, rid: str, vid: str, request: Request, platform: PlatformDep,
           credentials: CredentialsDep) -> Response:
-    principal = principal_of(platform, credentials)  # in this thread: no hop of its own
-    known_type(rtype)
-    with platform.read_session() as session:
+    with platform.read_session() as session:  # as read() below
+        principal = principal_of(platform, credentials, session=session)
+        known_type(rtype)
         stored = store.vread(session, principal, rtype, rid, vid)
     return resource_response(request, stored, base_url(request))
 
@@ -448,11 +470,12 @@ def instance_history(rtype: str, rid: str, request: Request, platform: PlatformD
 def read(rtype: str, rid: str, request: Request, platform: PlatformDep,
          credentials: CredentialsDep) -> Response:
     # The hot path: the principal is resolved in this handler's worker thread rather than in
-    # a dependency of its own, and the resource and the patient's consents are read in
-    # autocommit (no BEGIN/COMMIT); the access is audited through the queued writer.
-    principal = principal_of(platform, credentials)
-    known_type(rtype)
+    # a dependency of its own, and the token, the resource and the patient's consents are
+    # read on one connection in autocommit (no BEGIN/COMMIT); the access is audited through
+    # the queued writer.
     with platform.read_session() as session:
+        principal = principal_of(platform, credentials, session=session)
+        known_type(rtype)
         stored = store.read(session, principal, rtype, rid)
     etag = request.headers.get("if-none-match")
     if etag and etag.strip() == stored.etag:
@@ -467,8 +490,10 @@ def update(rtype: str, rid: str, request: Request, platform: PlatformDep,
     with platform.session() as session:
         stored, created = store.update(session, principal, rtype, rid, body,
                                        if_match=request.headers.get("if-match"))
+        warnings = _warnings(session)
     return resource_response(request, stored, base_url(request),
-                             status=201 if created else 200, location=created)
+                             status=201 if created else 200, location=created,
+                             warnings=warnings)
 
 
 @router.patch("/{rtype}/{rid}", dependencies=[Negotiated])
@@ -488,7 +513,8 @@ def patch(rtype: str, rid: str, request: Request, platform: PlatformDep,
     with platform.session() as session:
         stored = store.patch(session, principal, rtype, rid, body,
                              if_match=request.headers.get("if-match"))
-    return resource_response(request, stored, base_url(request))
+        warnings = _warnings(session)
+    return resource_response(request, stored, base_url(request), warnings=warnings)
 
 
 @router.delete("/{rtype}/{rid}", dependencies=[Negotiated])

@@ -144,16 +144,28 @@ _CURRENT_COLUMNS = (resource.c.pk, resource.c.resource_type, resource.c.id, reso
                     resource.c.patient_id, resource_version.c.content)
 
 
+# Built once: a read runs these on every request (building a statement and its cache key
+# costs more than the indexed lookup itself).
+_CURRENT = (select(*_CURRENT_COLUMNS)
+            .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk,
+                                         resource_version.c.version == resource.c.version))
+            .where(resource.c.resource_type == bindparam("rtype"),
+                   resource.c.id == bindparam("rid")))
+_CURRENT_LOCKED = _CURRENT.with_for_update(of=resource)
+_VERSION = (select(resource.c.org_id, resource.c.patient_id, resource_version.c.version,
+                   resource_version.c.last_updated, resource_version.c.deleted,
+                   resource_version.c.content, resource_version.c.method)
+            .join(resource_version, resource_version.c.resource_pk == resource.c.pk)
+            .where(resource.c.resource_type == bindparam("rtype"),
+                   resource.c.id == bindparam("rid"),
+                   resource_version.c.version == bindparam("version")))
+
+
 def current_row(session: Session, resource_type: str, rid: str, *,
                 lock: bool = False) -> Any:
     """The logical row and current content of ``resource_type/rid`` (any organisation)."""
-    stmt = (select(*_CURRENT_COLUMNS)
-            .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk,
-                                         resource_version.c.version == resource.c.version))
-            .where(resource.c.resource_type == resource_type, resource.c.id == rid))
-    if lock:
-        stmt = stmt.with_for_update(of=resource)
-    return session.execute(stmt).first()
+    return session.execute(_CURRENT_LOCKED if lock else _CURRENT,
+                           {"rtype": resource_type, "rid": rid}).first()
 
 
 def current_rows(session: Session, keys: Sequence[tuple[str, str]], *, lock: bool = True
@@ -196,15 +208,10 @@ def read(session: Session, principal: Principal, resource_type: str, rid: str
 def vread(session: Session, principal: Principal, resource_type: str, rid: str,
           version: str) -> StoredResource:
     """One version of a resource, current or not."""
-    if not version.isdigit():
+    if not version.isdigit() or len(version) > 9:  # beyond any version the column holds
         raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version!r}")
-    row = session.execute(
-        select(resource.c.org_id, resource.c.patient_id, resource_version.c.version,
-               resource_version.c.last_updated, resource_version.c.deleted,
-               resource_version.c.content, resource_version.c.method)
-        .join(resource_version, resource_version.c.resource_pk == resource.c.pk)
-        .where(resource.c.resource_type == resource_type, resource.c.id == rid,
-               resource_version.c.version == int(version))).first()
+    row = session.execute(_VERSION, {"rtype": resource_type, "rid": rid,
+                                     "version": int(version)}).first()
     if row is None:
         raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
     check(session, principal, Action.read,

@@ -134,26 +134,38 @@ async def read_credentials(request: Request,
     return Credentials("session", cookie, "", None, reason, csrf_ok)
 
 
-def resolve(platform: Platform, credentials: Credentials | None) -> Principal | None:
+def _lookup(session: Session, credentials: Credentials) -> Principal | None:
+    token = credentials.token
+    if credentials.kind == "session":
+        return resolve_token(session, token, kind="session")
+    if not is_jwt(token):
+        return resolve_token(session, token, kind="bearer")
+    external = credentials.external
+    try:
+        principal: Principal | None = external.resolve(session, token) \
+            if external is not None and external.issued(token) \
+            else resolve_access_token(session, token, issuer=credentials.issuer)
+    except TokenRejected as exc:
+        raise _unauthorised(str(exc), "invalid_token") from None
+    return principal
+
+
+def resolve(platform: Platform, credentials: Credentials | None, *,
+            session: Session | None = None) -> Principal | None:
     """The principal behind ``credentials`` (one indexed query), or None when there are none
     or a session cookie is unknown; 401 for a refused bearer token, 403 for a cookie
-    without its CSRF proof, 400 for a malformed break-glass reason."""
+    without its CSRF proof, 400 for a malformed break-glass reason.
+
+    ``session``: a read session (:meth:`Database.read_session`) the caller has open already,
+    so that the lookup shares its connection; by default one of its own.
+    """
     if credentials is None:
         return None
-    token = credentials.token
-    with token_session(platform) as session:
-        if credentials.kind == "session":
-            principal = resolve_token(session, token, kind="session")
-        elif is_jwt(token):
-            external = credentials.external
-            try:
-                principal = external.resolve(session, token) \
-                    if external is not None and external.issued(token) \
-                    else resolve_access_token(session, token, issuer=credentials.issuer)
-            except TokenRejected as exc:
-                raise _unauthorised(str(exc), "invalid_token") from None
-        else:
-            principal = resolve_token(session, token, kind="bearer")
+    if session is None:
+        with token_session(platform) as own:
+            principal = _lookup(own, credentials)
+    else:
+        principal = _lookup(session, credentials)
     if principal is None:
         if credentials.kind == "session":
             return None
@@ -164,9 +176,10 @@ def resolve(platform: Platform, credentials: Credentials | None) -> Principal | 
     return _break_glass(credentials.break_glass, principal)
 
 
-def principal_of(platform: Platform, credentials: Credentials | None) -> Principal:
+def principal_of(platform: Platform, credentials: Credentials | None, *,
+                 session: Session | None = None) -> Principal:
     """:func:`resolve`, and 401 when the request is not authenticated at all."""
-    principal = resolve(platform, credentials)
+    principal = resolve(platform, credentials, session=session)
     if principal is None:
         raise _unauthorised("authentication required")
     return principal
