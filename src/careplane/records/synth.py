@@ -30,7 +30,9 @@ import re
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -1528,22 +1530,45 @@ def write_ndjson(out_dir: Path | str, patients: int, seed: int, *, start: date |
 
 
 def load_bundles(db: Database, principal: Principal, bundles: Iterable[dict[str, Any]], *,
-                 base: str) -> dict[str, int]:
+                 base: str, workers: int | None = None) -> dict[str, int]:
     """Store each bundle through the FHIR store as one transaction; counts per type.
 
-    Every write is authorised and audited as ``principal``'s, exactly as over HTTP.
+    Every write is authorised and audited as ``principal``'s, exactly as over HTTP. On
+    PostgreSQL two bundles are in flight at once by default (``workers``), each in its own
+    transaction, so that one is prepared in Python while the database writes the other; the
+    store makes concurrent conditional creates safe. SQLite takes one at a time (it has one
+    writer).
     """
     from careplane.records.bundles import process_bundle
 
-    counts: dict[str, int] = {}
-    for bundle in bundles:
+    if workers is None:
+        workers = 2 if db.engine.dialect.name == "postgresql" else 1
+
+    def store(bundle: dict[str, Any]) -> list[str]:
         with db.session() as session:
             response = process_bundle(session, principal, bundle, base=base,
                                       max_entries=len(bundle["entry"]))
-        for entry in response["entry"]:
-            if entry["response"]["status"].startswith("201"):
-                rtype = entry["resource"]["resourceType"]
-                counts[rtype] = counts.get(rtype, 0) + 1
+        return [entry["resource"]["resourceType"] for entry in response["entry"]
+                if entry["response"]["status"].startswith("201")]
+
+    counts: dict[str, int] = {}
+
+    def tally(types: list[str]) -> None:
+        for rtype in types:
+            counts[rtype] = counts.get(rtype, 0) + 1
+
+    if workers <= 1:
+        for bundle in bundles:
+            tally(store(bundle))
+        return dict(sorted(counts.items()))
+    with ThreadPoolExecutor(workers) as pool:
+        in_flight: deque[Future[list[str]]] = deque()
+        for bundle in bundles:  # a bounded window: the population is generated lazily
+            in_flight.append(pool.submit(store, bundle))
+            if len(in_flight) >= 2 * workers:
+                tally(in_flight.popleft().result())
+        while in_flight:
+            tally(in_flight.popleft().result())
     return dict(sorted(counts.items()))
 
 
