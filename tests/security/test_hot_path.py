@@ -237,3 +237,16 @@ def test_an_idle_connection_is_checked_and_a_dead_one_replaced(
         assert len(pings) >= 1
     finally:
         db.dispose()
+
+
+def test_a_version_beyond_any_stored_is_not_found(app_client: TestClient,
+                                                  accounts: Accounts) -> None:
+    nurse = accounts.make("nurse")
+    pid = _patient(app_client, nurse.headers)
+    for vid in ("99999999999999999999", "2", "x"):
+        r = app_client.get(f"/fhir/Patient/{pid}/_history/{vid}",
+                           headers={**nurse.headers, **FHIR})
+        assert r.status_code == 404, (vid, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    assert app_client.get(f"/fhir/Patient/{pid}/_history/1",
+                          headers={**nurse.headers, **FHIR}).json()["id"] == pid
