@@ -109,7 +109,7 @@ def queries(patients: list[str], rng: random.Random) -> dict[str, Callable[[], s
             f"Observation?patient={pid()}&category=vital-signs&_sort=-date&_count=10"),
         "Observation?code&value-quantity=gt (HbA1c>8)": lambda: (
             "Observation?code=http://loinc.org|4548-4&value-quantity=gt8&_count=20"),
-        "Observation?code&date=ge": lambda: f"Observation?code=8480-6&date=ge{since}&_count=20",
+        "Observation?code&date=ge": lambda: f"Observation?code=85354-9&date=ge{since}&_count=20",
         "Observation?patient&date=ge&_count=50": lambda: (
             f"Observation?patient={pid()}&date=ge{since}&_count=50"),
         "Condition?patient": lambda: f"Condition?patient={pid()}",
