@@ -183,3 +183,41 @@ def test_minimap2_runs_in_process_or_as_the_program(dataset: SimulatedDataset, t
 def test_unknown_minimap2_mode_is_refused(dataset: SimulatedDataset, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown minimap2 mode 'fast'"):
         run_pipeline(_spec(dataset, tmp_path, minimap2="fast"), Recorder(state={}))
+
+
+def test_without_the_samtools_program_pysam_merges_and_marks(
+        dataset: SimulatedDataset, tmp_path: Path, recorder: Recorder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import careplane.genomics.pipeline as pipeline
+
+    real_which = shutil.which
+    monkeypatch.setattr(pipeline.shutil, "which",
+                        lambda name: None if name == "samtools" else real_which(name))
+    out = run_pipeline(_spec(dataset, tmp_path, minimap2="mappy"), recorder)
+    with pysam.AlignmentFile(str(out.bam)) as bam:
+        assert "samtools markdup" in str(bam.header["PG"]) and bam.check_index()
+    assert json.loads(out.qc.read_text())["read_pairs"] == dataset.read_pairs
+
+
+def test_a_failing_program_in_a_step_names_itself_and_leaves_no_process(
+        dataset: SimulatedDataset, tmp_path: Path) -> None:
+    from careplane.genomics.pipeline import _Run
+
+    run = _Run(_spec(dataset, tmp_path), Recorder(state={}))
+    with pytest.raises(RuntimeError, match=r"sh -c failed \(3\): boom"):
+        run.programs(["sh", "-c", "yes"], ["sh", "-c", "echo boom >&2; exit 3"])
+    assert not list((tmp_path / "work").glob("*.log"))
+
+
+def test_a_cancel_stops_a_running_program(dataset: SimulatedDataset, tmp_path: Path) -> None:
+    import time
+
+    from careplane.genomics.pipeline import _Run
+
+    recorder = Recorder(state={}, cancel_at="stop")
+    recorder.messages.append("stop")
+    run = _Run(_spec(dataset, tmp_path), recorder)
+    started = time.monotonic()
+    with pytest.raises(JobCancelled):
+        run.programs(["sleep", "30"])
+    assert time.monotonic() - started < 5

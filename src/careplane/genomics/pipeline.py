@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -269,7 +270,14 @@ class _Run:
         final = self.work / "markdup.bam"
         threads = max(1, self.spec.threads)
         options = (str(threads), self.spec.bam_level, str(self.work / "markdup.tmp"))
-        if len(bams) == 1:
+        samtools = shutil.which("samtools") if isinstance(pool, ProcessPoolExecutor) else None
+        if samtools is not None:  # the program: a third less CPU than pysam's copy
+            self.programs(
+                [samtools, "merge", "-f", "-u", "-c", "-p", "-o", "-", *bams],
+                [samtools, "markdup", "-@", str(threads), "--output-fmt-option",
+                 f"level={self.spec.bam_level}", "--write-index", "-T", options[2], "-",
+                 f"{final}##idx##{final}.bai"])
+        elif len(bams) == 1:
             self.offload(pool, mark_duplicates, bams[0], str(final), *options)
         elif threads == 1 or not isinstance(pool, ProcessPoolExecutor):
             # One worker, or tasks that may land on other machines: no named pipe between them.
@@ -291,6 +299,43 @@ class _Run:
             marking.result()
             fifo.unlink(missing_ok=True)
         return final
+
+    def programs(self, *commands: list[str]) -> None:
+        """Run ``commands`` as a pipeline (each one's output into the next), honouring
+        cancellation meanwhile; a failure names the program and ends with its message."""
+        logs = [self.work / f"{Path(cmd[0]).name}-{i}.log" for i, cmd in enumerate(commands)]
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            source: Any = subprocess.DEVNULL
+            for i, (cmd, log) in enumerate(zip(commands, logs, strict=True)):
+                last = i == len(commands) - 1
+                with log.open("wb") as err:
+                    proc = subprocess.Popen(cmd, stdin=source, stderr=err,
+                                            stdout=subprocess.DEVNULL if last
+                                            else subprocess.PIPE)
+                if source is not subprocess.DEVNULL:
+                    source.close()  # the next program holds the pipe now
+                source = proc.stdout
+                procs.append(proc)
+            while any(p.poll() is None for p in procs):
+                self.reporter.check()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    procs[-1].wait(timeout=1.0)
+            failed = [(cmd, proc, log) for cmd, proc, log in zip(commands, procs, logs,
+                                                                   strict=True)
+                      if proc.returncode != 0]
+            # A program stopped by a broken pipe only follows the failure of the next one.
+            failed.sort(key=lambda f: f[1].returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE))
+            for cmd, proc, log in failed[:1]:
+                raise RuntimeError(f"{' '.join(cmd[:2])} failed ({proc.returncode}): "
+                                       f"{log.read_text(errors='replace')[-2000:]}")
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for log in logs:
+                log.unlink(missing_ok=True)
 
     def call(self, pool: Pool, ref: Reference, bam: Path) -> tuple[
             list[str], dict[str, Any]]:
