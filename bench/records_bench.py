@@ -342,9 +342,13 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "the access policy and leaves an audit record, so a read is several statements; the "
         "store's own part of a read is the row above. Ingest checks every resource with a "
         "structure check compiled from the R4B models (the models themselves only for what "
-        "it is unsure of), indexes it from the spec's SearchParameters in Python, and "
-        "persists a transaction with one statement per table (COPY on PostgreSQL) and one "
-        "access decision per kind of access in the bundle.",
+        "it is unsure of), indexes it from the spec's SearchParameters in Python (each "
+        "expression compiled once into getters; rows built as tuples), and persists a "
+        "transaction with one statement per table (COPY on the driver's connection on "
+        "PostgreSQL) and one access decision per kind of access in the bundle, the "
+        "decisions asked together and their audit records appended in one go. With several "
+        "clients at once, each bundle is its own transaction on its own connection; "
+        "conditional creates are serialised per condition.",
         "",
         *_against_targets(results),
     ]

@@ -228,19 +228,11 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
                  ) -> None:
     ids: dict[str, str] = {}          # fullUrl -> Type/id
     skipped: set[int] = set()         # conditional creates that matched an existing resource
-    _serialise_conditions(session, entries)
+    matches = _conditions(session, principal, entries)
     for e in entries:                 # conditional creates first: they may give ids
         if e.method == "POST" and e.if_none_exist is not None:
             assert e.rtype is not None
-            try:
-                found = _matching(session, principal, e.rtype,
-                                  parse_qsl(e.if_none_exist.lstrip("?"),
-                                            keep_blank_values=True))
-            except FhirError as exc:
-                raise _entry_error(e.index, exc) from None
-            if len(found) > 1:
-                raise _entry_error(e.index, FhirError.of(
-                    412, "multiple-matches", f"ifNoneExist matches {len(found)} resources"))
+            found = matches[e.index]
             if found:
                 skipped.add(e.index)
                 e.rid = found[0][0]
@@ -250,14 +242,7 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
                 _response(e, stored, 200, base)
     for e in entries:
         if e.method in ("PUT", "DELETE") and e.rid is None and e.query:
-            assert e.rtype is not None
-            try:
-                found = _matching(session, principal, e.rtype, e.query)
-            except FhirError as exc:
-                raise _entry_error(e.index, exc) from None
-            if len(found) > 1:
-                raise _entry_error(e.index, FhirError.of(
-                    412, "multiple-matches", f"the condition matches {len(found)} resources"))
+            found = matches[e.index]
             if found:
                 e.rid = found[0][0]
             elif e.method == "PUT":
@@ -337,28 +322,57 @@ def _transaction(session: Session, principal: Principal, entries: list[_Entry], 
 _CONDITION_LOCKS = 7350100
 
 
-def _serialise_conditions(session: Session, entries: list[_Entry]) -> None:
-    """Make conditional creates and updates safe when transactions arrive at once.
+def _conditions(session: Session, principal: Principal, entries: list[_Entry]
+                ) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+    """What each conditional create, update and delete matches, by entry (never more than
+    one: that is a 412 naming the entry).
 
-    Two transactions that both create ``Organization?identifier=x`` if it does not exist
-    would otherwise both find nothing and both create it (and every later condition would
-    match two). On PostgreSQL each condition (type and query) takes a transaction-level
-    advisory lock before it is searched, so the second waits for the first to commit and
-    then finds what it created. The locks are taken in one statement in sorted order, so
-    two transactions sharing several conditions cannot deadlock. SQLite needs nothing:
-    its transactions hold the database's write lock from the start.
+    Safe when transactions arrive at once: two that both create ``Organization?identifier=x``
+    if it does not exist would otherwise both find nothing and both create it (and every
+    later condition would match two). On PostgreSQL a condition that found nothing, and so
+    will create, takes a transaction-level advisory lock (all such locks in one statement,
+    in sorted order, so that transactions sharing several cannot deadlock) and is searched
+    again: a concurrent transaction creating the same resource holds that lock until it
+    commits, and the search after it finds what it created. A condition that matched needs
+    no lock, so transactions that only refer to existing resources never wait on each other.
+    SQLite needs nothing: its transactions hold the database's write lock from the start.
     """
-    conditions = sorted({f"{e.rtype}?{(e.if_none_exist or '').lstrip('?')}" if e.method == "POST"
-                         else f"{e.rtype}?{urlencode(e.query or [])}"
-                         for e in entries
-                         if (e.method == "POST" and e.if_none_exist is not None)
-                         or (e.method == "PUT" and e.rid is None and e.query)})
-    if not conditions or session.get_bind().dialect.name != "postgresql":
-        return
-    session.execute(text(
-        "SELECT pg_advisory_xact_lock(:space, hashtext(c)) "
-        "FROM unnest(CAST(:conditions AS text[])) AS t(c)"),
-        {"space": _CONDITION_LOCKS, "conditions": conditions})
+    creates = [e for e in entries if e.method == "POST" and e.if_none_exist is not None]
+    changes = [e for e in entries
+               if e.method in ("PUT", "DELETE") and e.rid is None and e.query]
+    found = {e.index: _condition_search(session, principal, e) for e in (*creates, *changes)}
+    creating = [e for e in (*creates, *changes) if not found[e.index] and e.method != "DELETE"]
+    if creating and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(
+            "SELECT pg_advisory_xact_lock(:space, hashtext(c)) "
+            "FROM unnest(CAST(:conditions AS text[])) AS t(c)"),
+            {"space": _CONDITION_LOCKS,
+             "conditions": sorted({_condition_text(e) for e in creating})})
+        for e in creating:
+            found[e.index] = _condition_search(session, principal, e)
+    return found
+
+
+def _condition_text(e: _Entry) -> str:
+    query = (e.if_none_exist or "").lstrip("?") if e.method == "POST" \
+        else urlencode(e.query or [])
+    return f"{e.rtype}?{query}"
+
+
+def _condition_search(session: Session, principal: Principal, e: _Entry
+                      ) -> list[tuple[str, dict[str, Any]]]:
+    assert e.rtype is not None
+    query = parse_qsl((e.if_none_exist or "").lstrip("?"), keep_blank_values=True) \
+        if e.method == "POST" else (e.query or [])
+    try:
+        found = _matching(session, principal, e.rtype, query)
+    except FhirError as exc:
+        raise _entry_error(e.index, exc) from None
+    if len(found) > 1:
+        what = "ifNoneExist" if e.method == "POST" else "the condition"
+        raise _entry_error(e.index, FhirError.of(
+            412, "multiple-matches", f"{what} matches {len(found)} resources"))
+    return found
 
 
 @dataclass
