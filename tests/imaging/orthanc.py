@@ -91,7 +91,7 @@ def running_orthanc(workdir: Path, *, aet: str = "ORTHANC",
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("Orthanc did not start")
-            time.sleep(0.2)
+            time.sleep(0.05)
         yield Orthanc(url, http_port, dicom_port, aet)
     finally:
         proc.terminate()

@@ -51,7 +51,7 @@ def running_server(db_url: str, data_dir: Path, *, job_workers: int = 0,
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
+            time.sleep(0.05)
         yield base
     finally:
         proc.terminate()
