@@ -26,6 +26,7 @@ from careplane.platform.db import Base, Database, migrate
 from careplane.security import Role
 from careplane.security.identity import create_org, create_user, issue_token
 from careplane.settings import Settings
+from tests.support.browser import SharedChromium
 
 PG_ADMIN_URL = os.environ.get("CAREPLANE_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -96,6 +97,16 @@ def migration_heads_read_once() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_migrate, "_heads", heads_once)
         yield
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[SharedChromium]:
+    """Headless Chromium for the browser tests of one module: ``chromium.page(...)``."""
+    shared = SharedChromium()
+    try:
+        yield shared
+    finally:
+        shared.close()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from careplane.security import Role
 from careplane.security.deps import SESSION_COOKIE
 from tests.conftest import Accounts
 from tests.imaging.conftest import data_file, make_instance, multipart
-from tests.imaging.test_viewer_browser import CHROMIUM, FLAGS
+from tests.support.browser import CHROMIUM, SharedChromium
 from tests.support.servers import ROOT, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -122,26 +122,20 @@ def _drawn(page: Any) -> None:
 
 
 @contextmanager
-def _browser_on_a_study(server: str, db: Database, username: str
+def _browser_on_a_study(chromium: SharedChromium, server: str, db: Database, username: str
                         ) -> Iterator[tuple[Any, _Watch, str, set[str], str]]:
     """A Chromium page watching /dicomweb, and a stored study: (page, watch, study UID,
     its series UIDs, the user's bearer token)."""
     _require_ohif()
-    from playwright.sync_api import sync_playwright
-
     account = Accounts(db).make(username, Role.radiologist)
     study, all_series = _store_study(server, account.headers)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            yield page, _Watch(page), study, all_series, account.token
-        finally:
-            browser.close()
+    with chromium.page(viewport={"width": 1400, "height": 900}) as page:
+        yield page, _Watch(page), study, all_series, account.token
 
 
-def test_ohif_opens_a_study_with_the_session(server: str, db: Database) -> None:
-    with _browser_on_a_study(server, db, "rad") as (page, watch, study, all_series, _):
+def test_ohif_opens_a_study_with_the_session(chromium: SharedChromium, server: str,
+                                             db: Database) -> None:
+    with _browser_on_a_study(chromium, server, db, "rad") as (page, watch, study, all_series, _):
         page.goto(f"{server}/ohif/viewer?StudyInstanceUIDs={study}")
         page.wait_for_url("**/login**")  # no session yet: the login comes first
         page.fill("input[name=username]", "rad")
@@ -162,8 +156,10 @@ def test_ohif_opens_a_study_with_the_session(server: str, db: Database) -> None:
         page.screenshot(path=str(shots / "imaging-ohif.png"))
 
 
-def test_ohif_with_a_bearer_token_and_no_session(server: str, db: Database) -> None:
-    with _browser_on_a_study(server, db, "tok") as (page, watch, study, all_series, token):
+def test_ohif_with_a_bearer_token_and_no_session(chromium: SharedChromium, server: str,
+                                                 db: Database) -> None:
+    with _browser_on_a_study(chromium, server, db, "tok") as (page, watch, study, all_series,
+                                                               token):
         page.goto(f"{server}/ohif/viewer?StudyInstanceUIDs={study}&token={token}")
         watch.wait_for_frames(all_series)
         _drawn(page)

@@ -15,13 +15,10 @@ from careplane.platform.db import Database
 from careplane.security import Role
 from tests.conftest import Accounts
 from tests.imaging.conftest import make_instance, multipart
+from tests.support.browser import CHROMIUM, SharedChromium
 from tests.support.servers import free_port, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _loaded(page: object) -> None:
@@ -41,10 +38,11 @@ def server(db_url: str, tmp_path: Path) -> Iterator[str]:
         yield base
 
 
-def test_viewer_scrolls_and_windows(server: str, db: Database, tmp_path: Path) -> None:
+def test_viewer_scrolls_and_windows(chromium: SharedChromium, server: str, db: Database,
+                                    tmp_path: Path) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     account = Accounts(db).make("jun", Role.radiologist)
     study, series = generate_uid(), generate_uid()
@@ -56,31 +54,26 @@ def test_viewer_scrolls_and_windows(server: str, db: Database, tmp_path: Path) -
     stored = httpx.post(server + "/dicomweb/studies", content=body,
                         headers={**headers, **account.headers})
     assert stored.status_code == 200
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        try:
-            page.goto(server + "/login?next=/imaging")
-            page.fill("input[name=username]", "jun")
-            page.fill("input[name=password]", "jun-password")
-            page.click("button[type=submit]")
-            page.wait_for_url(server + "/imaging")
-            page.click(f"a[href='/imaging/studies/{study}'] >> nth=1")
-            image = page.locator("#image")
-            expect(image).to_have_attribute("src", re.compile(r"/frames/1/rendered"))
-            _loaded(page)
-            expect(page.locator("#position")).to_have_text("1 / 4")  # 3 frames + 1 image
-            image.hover()
-            page.mouse.wheel(0, 120)
-            expect(page.locator("#position")).to_have_text("2 / 4")
-            expect(image).to_have_attribute("src", re.compile(r"/frames/2/rendered"))
-            page.fill("#wc", "100")
-            page.fill("#ww", "50")
-            page.locator("#ww").dispatch_event("change")
-            expect(image).to_have_attribute("src", re.compile(r"window=100%2C50"))
-            _loaded(page)
-            shots = Path("test-results")
-            shots.mkdir(exist_ok=True)
-            page.screenshot(path=str(shots / "imaging-viewer.png"))
-        finally:
-            browser.close()
+    with chromium.page(viewport={"width": 1280, "height": 900}) as page:
+        page.goto(server + "/login?next=/imaging")
+        page.fill("input[name=username]", "jun")
+        page.fill("input[name=password]", "jun-password")
+        page.click("button[type=submit]")
+        page.wait_for_url(server + "/imaging")
+        page.click(f"a[href='/imaging/studies/{study}'] >> nth=1")
+        image = page.locator("#image")
+        expect(image).to_have_attribute("src", re.compile(r"/frames/1/rendered"))
+        _loaded(page)
+        expect(page.locator("#position")).to_have_text("1 / 4")  # 3 frames + 1 image
+        image.hover()
+        page.mouse.wheel(0, 120)
+        expect(page.locator("#position")).to_have_text("2 / 4")
+        expect(image).to_have_attribute("src", re.compile(r"/frames/2/rendered"))
+        page.fill("#wc", "100")
+        page.fill("#ww", "50")
+        page.locator("#ww").dispatch_event("change")
+        expect(image).to_have_attribute("src", re.compile(r"window=100%2C50"))
+        _loaded(page)
+        shots = Path("test-results")
+        shots.mkdir(exist_ok=True)
+        page.screenshot(path=str(shots / "imaging-viewer.png"))

@@ -10,28 +10,10 @@ import pytest
 
 from careplane.platform.db import Database
 from tests.conftest import Accounts
+from tests.support.browser import CHROMIUM, SharedChromium
 from tests.support.servers import running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is not installed: run scripts/install-system-deps")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 @pytest.fixture
@@ -42,12 +24,10 @@ def server(db_url: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.parametrize("viewport", [{"width": 1280, "height": 800},
                                       {"width": 390, "height": 844}], ids=["laptop", "phone"])
-def test_log_in_and_see_the_dashboard(browser: object, server: str, db: Database,
+def test_log_in_and_see_the_dashboard(chromium: SharedChromium, server: str, db: Database,
                                       tmp_path: Path, viewport: dict[str, int]) -> None:
     Accounts(db).make("mina")
-    context = browser.new_context(viewport=viewport)  # type: ignore[attr-defined]
-    page = context.new_page()
-    try:
+    with chromium.page(viewport=viewport) as page:
         page.goto(server + "/")
         assert page.url.endswith("/login?next=/")
         page.fill("input[name=username]", "mina")
@@ -68,8 +48,6 @@ def test_log_in_and_see_the_dashboard(browser: object, server: str, db: Database
         shots = Path("test-results")
         shots.mkdir(exist_ok=True)
         page.screenshot(path=str(shots / f"jobs-{viewport['width']}.png"))
-    finally:
-        context.close()
 
 
 def test_chromium_is_the_system_one() -> None:
