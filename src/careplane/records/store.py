@@ -513,12 +513,24 @@ def insert_rows(session: Session, table: Table | FromClause, columns: Sequence[s
     assert isinstance(table, Table)
     connection = session.connection()
     json_at = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)]
-    if connection.dialect.name != "postgresql":
-        session.execute(insert(table), [
-            {name: (value.value if isinstance(value, JsonText) else value)
-             for name, value in zip(columns, row, strict=True)} for row in rows])
-        return
     names = ", ".join(f'"{name}"' for name in columns)
+    dialect = connection.dialect
+    if dialect.name != "postgresql":
+        if dialect.paramstyle != "qmark":
+            session.execute(insert(table), [
+                {name: (value.value if isinstance(value, JsonText) else value)
+                 for name, value in zip(columns, row, strict=True)} for row in rows])
+            return
+        # SQLite: one executemany on the driver, each value converted by its column's own
+        # type (what an INSERT built by SQLAlchemy would do, without building one per call)
+        processors = _processors(table, tuple(columns), dialect)
+        marks = ", ".join("?" for _ in columns)
+        connection.exec_driver_sql(  # the names are the table's own, never a caller's
+            f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})',  # noqa: S608
+            [tuple((value if convert is None
+                    else convert(value.value if isinstance(value, JsonText) else value))
+                   for convert, value in zip(processors, row, strict=True)) for row in rows])
+        return
     raw = _raw(session)
     with raw.cursor() as cursor, cursor.copy(
             f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
@@ -533,6 +545,20 @@ def insert_rows(session: Session, table: Table | FromClause, columns: Sequence[s
                 if isinstance(values[i], JsonText):
                     values[i] = values[i].text()
             write(values)
+
+
+_PROCESSORS: dict[tuple[str, tuple[str, ...], str], list[Any]] = {}
+
+
+def _processors(table: Table, columns: tuple[str, ...], dialect: Any) -> list[Any]:
+    """Each column's bind conversion on ``dialect`` (None where the value goes as it is)."""
+    key = (table.name, columns, dialect.name)
+    found = _PROCESSORS.get(key)
+    if found is None:
+        found = _PROCESSORS[key] = [
+            table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in columns]
+    return found
 
 
 def bulk_insert(session: Session, table: Table | FromClause, rows: Sequence[dict[str, Any]]
