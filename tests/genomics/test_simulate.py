@@ -271,12 +271,12 @@ def test_given_fasta_is_used_and_its_ns_avoided(tmp_path: Path) -> None:
         assert not (v.contig == "alpha" and 3_001 <= v.pos <= 3_500)
 
 
-def test_simulates_100kb_at_30x_in_a_few_seconds(tmp_path: Path) -> None:
+def test_simulates_100kb_at_30x_in_seconds(tmp_path: Path) -> None:
     start = time.perf_counter()
     ds = simulate_dataset(tmp_path, seed=100, length=100_000, coverage=30)
     elapsed = time.perf_counter() - start
     assert ds.read_pairs == 10_000
-    assert elapsed < 3.0, elapsed
+    assert elapsed < 10.0, elapsed  # about 1 s alone; room for a busy machine
 
 
 def test_bad_configuration_is_refused() -> None:
