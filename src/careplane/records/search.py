@@ -58,8 +58,12 @@ ITERATE_ROUNDS = 3
 #: PostgreSQL cancels a search statement that runs longer (a safety net: a search must never
 #: hold the database for minutes, whatever plan it gets).
 SEARCH_TIMEOUT_MS = 30_000
-#: Without ``_total``, matches are counted up to this many (see :func:`_page`).
-COUNT_BOUND = 1000
+#: Without ``_total``, matches are counted up to this many (see :func:`_page`): ten pages
+#: of the default size. Counting costs about as much per match as finding the page does, so
+#: a search whose matches are sparse among its candidates pays for the bound, not for the
+#: page: at 10,000 synthetic patients, the last year's blood-pressure panels took 63 ms in
+#: process with a bound of 1,000 and 15 ms with 200.
+COUNT_BOUND = 200
 #: The planner's price of a page read out of order, for search statements (PostgreSQL's
 #: default, 4, prices a spinning disk). A search reads index tables that stay in memory (or
 #: on SSD), where probing a few thousand index entries costs far less than reading a whole
