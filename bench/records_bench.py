@@ -335,8 +335,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         *([f"The last column is a larger store filled beforehand through the bulk path of "
            f"`careplane synth --load` (`load_bundles`: the same transaction code, seed "
            f"{args.seed}, simulated today {TODAY.isoformat()}), {large[0]['patients']:,} "
-           f"patients and {large[0]['resources']:,} resources when the load was stopped for "
-           "time, then `VACUUM ANALYZE`d; its load is not timed here.", ""]
+           f"patients and {large[0]['resources']:,} resources, then `VACUUM ANALYZE`d; its "
+           "load is not timed here.", ""]
           if large else []),
         "Reading the figures. Every HTTP request here authenticates its bearer token, asks "
         "the access policy and leaves an audit record, so a read is several statements; the "
