@@ -181,6 +181,64 @@ def test_references_chains_and_reverse_chains(fhir: Fhir, people: dict[str, str]
     assert set(ids("Observation", {"subject": absolute})) == hr
 
 
+def _pages(fhir: Fhir, rtype: str, params: dict[str, str]) -> list[str]:
+    """The ids of every page of a search, following its next links."""
+    bundle = fhir.search(rtype, params)
+    seen = [e["resource"]["id"] for e in bundle.get("entry", [])]
+    while (url := _next(bundle)) is not None:
+        bundle = _follow(fhir, url)
+        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+    return seen
+
+
+def test_chains_walked_in_key_order_match_those_found_from_their_targets(
+        fhir: Fhir, db_url: str, people: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from careplane.records import search
+
+    peter = f"Patient/{people['peter']}"
+    more = [fhir.create(observation(peter, value=60 + i))["id"] for i in range(5)]
+    gone = fhir.create(observation(peter, value=1))["id"]
+    assert fhir.delete(f"Observation/{gone}").status_code in (200, 204)
+    hr = [people["hr1"], people["hr2"], *more]
+    queries: list[tuple[dict[str, str], list[str]]] = [
+        ({"subject:Patient.name": "peter", "_count": "2"}, hr),
+        ({"subject.name": "chalmers", "_count": "3"}, hr),
+        ({"patient.identifier": "urn:mrn|1002"}, [people["glu"], people["txt"]]),
+        ({"subject:Patient.birthdate": "lt1980", "value-quantity": "gt70"},
+         [people["hr1"], people["hr2"]]),
+        ({"subject:Patient.name": "nobody-by-that-name"}, []),
+    ]
+
+    def run() -> list[Any]:
+        out: list[Any] = []
+        for params, expected in queries:
+            found = _pages(fhir, "Observation", params)
+            assert sorted(found) == sorted(expected), params
+            first = fhir.search("Observation", params)
+            accurate = fhir.search("Observation", {**params, "_total": "accurate"})
+            none = fhir.search("Observation", {**params, "_count": "0"})
+            assert accurate["total"] == none["total"] == len(expected), params
+            out.append((found, first.get("total"), [lk["url"] for lk in first["link"]]))
+        return out
+
+    # rows that cost a trillion times a match: every chain is found from its targets
+    monkeypatch.setattr(search, "CHAIN_WALK_ROW_COST", 10.0**12)
+    with counting(db_url, fhir.client) as found_statements:
+        from_targets = run()
+    # rows that cost nothing: every chain that points anywhere is walked
+    monkeypatch.setattr(search, "CHAIN_WALK_ROW_COST", 0.0)
+    with counting(db_url, fhir.client) as walked_statements:
+        walked = run()
+    assert walked == from_targets  # same matches, pages, totals and links
+    assert not any("EXISTS" in s for s in found_statements if "fhir_idx_reference" in s)
+    assert any("EXISTS" in s for s in walked_statements if "fhir_idx_reference" in s)
+    # the decision costs one statement per chain, whichever way it goes (the audit records
+    # are written in batches, so only the search's own statements are compared)
+    assert len([s for s in walked_statements if "fhir_" in s]) == \
+        len([s for s in found_statements if "fhir_" in s])
+
+
 def test_results_control(fhir: Fhir, people: dict[str, str]) -> None:
     count = fhir.search("Patient", {"_summary": "count"})
     assert count["total"] == 4 and "entry" not in count

@@ -176,8 +176,8 @@ def test_a_search_past_the_time_limit_is_cancelled_with_an_outcome(
     client.app.state.fhir_config = FhirConfig(search_timeout_ms=200)
     plain = search.criterion_clause
 
-    def slow(*args: Any) -> Any:  # a criterion that takes five seconds to evaluate
-        return and_(plain(*args), text("(SELECT true FROM pg_sleep(5))"))
+    def slow(*args: Any, **kwargs: Any) -> Any:  # a criterion that takes five seconds
+        return and_(plain(*args, **kwargs), text("(SELECT true FROM pg_sleep(5))"))
 
     monkeypatch.setattr(search, "criterion_clause", slow)
     engine = client.app.state.platform.db.engine
