@@ -11,12 +11,22 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from careplane.cli import app
-from careplane.genomics.simulate import SimulatedDataset
+from careplane.genomics.simulate import SimulatedDataset, simulate_dataset
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def long_dataset(tmp_path_factory: pytest.TempPathFactory) -> SimulatedDataset:
+    """300 kb at 20x (~20,000 read pairs): in chunks of 200 pairs a run lasts seconds, so an
+    interruption lands mid-alignment however fast the machine (the small data set's whole
+    run can end before a signal is sent)."""
+    return simulate_dataset(tmp_path_factory.mktemp("long"), seed=8, length=300_000,
+                            coverage=20)
 
 
 def _run_args(ds: SimulatedDataset, out: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -63,10 +73,11 @@ def test_simulate_prints_the_dataset(tmp_path: Path) -> None:
     assert summary["seed"] == 3 and Path(summary["r1"]).exists()
 
 
-def test_killed_run_resumes_where_it_stopped(dataset: SimulatedDataset, tmp_path: Path) -> None:
+def test_killed_run_resumes_where_it_stopped(long_dataset: SimulatedDataset,
+                                             tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = _run_args(dataset, out, tmp_path)
-    args[args.index("1000")] = "100"  # many small chunks, so the kill lands mid-alignment
+    args = _run_args(long_dataset, out, tmp_path)
+    args[args.index("1000")] = "200"  # many small chunks, so the kill lands mid-alignment
     cmd = [sys.executable, "-m", "careplane", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -84,13 +95,14 @@ def test_killed_run_resumes_where_it_stopped(dataset: SimulatedDataset, tmp_path
                 continue
     os.killpg(proc.pid, signal.SIGKILL)  # the whole run, pool included, dies at once
     proc.communicate()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not already finished
     assert chunks >= 5
     assert not (out / "S1.vcf.gz").exists()
 
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "resuming the interrupted run" in result.output
-    assert json.loads(result.stdout)["qc"]["read_pairs"] == dataset.read_pairs
+    assert json.loads(result.stdout)["qc"]["read_pairs"] == long_dataset.read_pairs
 
 
 def _wait_for_pool_started(group: int) -> None:
@@ -117,11 +129,11 @@ def _wait_for_pool_started(group: int) -> None:
     raise AssertionError("the run's two pool processes did not start")
 
 
-def test_ctrl_c_stops_the_run_promptly_and_it_resumes(dataset: SimulatedDataset,
+def test_ctrl_c_stops_the_run_promptly_and_it_resumes(long_dataset: SimulatedDataset,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = _run_args(dataset, out, tmp_path)
-    args[args.index("1000")] = "100"  # many small chunks, so Ctrl-C lands mid-alignment
+    args = _run_args(long_dataset, out, tmp_path)
+    args[args.index("1000")] = "200"  # many small chunks, so Ctrl-C lands mid-alignment
     proc = subprocess.Popen([sys.executable, "-m", "careplane", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     jobs_db = out / ".careplane-S1" / "jobs.db"
@@ -155,4 +167,4 @@ def test_ctrl_c_stops_the_run_promptly_and_it_resumes(dataset: SimulatedDataset,
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "resuming the interrupted run" in result.output
-    assert json.loads(result.stdout)["qc"]["read_pairs"] == dataset.read_pairs
+    assert json.loads(result.stdout)["qc"]["read_pairs"] == long_dataset.read_pairs
