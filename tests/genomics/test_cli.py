@@ -134,8 +134,11 @@ def test_ctrl_c_stops_the_run_promptly_and_it_resumes(long_dataset: SimulatedDat
     out = tmp_path / "out"
     args = _run_args(long_dataset, out, tmp_path)
     args[args.index("1000")] = "200"  # many small chunks, so Ctrl-C lands mid-alignment
+    # As a command typed at a terminal: SIGINT at its default, even when these tests run as a
+    # background job, whose children inherit an ignored SIGINT (and then rightly ignore it).
     proc = subprocess.Popen([sys.executable, "-m", "careplane", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jobs_db = out / ".careplane-S1" / "jobs.db"
     chunks = 0
     deadline = time.monotonic() + 60
