@@ -73,6 +73,23 @@ def test_simulate_prints_the_dataset(tmp_path: Path) -> None:
     assert summary["seed"] == 3 and Path(summary["r1"]).exists()
 
 
+def _wait_for_chunks(jobs_db: Path, wanted: int) -> int:
+    """Until the run's checkpoint lists ``wanted`` aligned chunks (or a minute has passed);
+    how many it lists."""
+    chunks = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and chunks < wanted:
+        time.sleep(0.05)
+        if jobs_db.exists():
+            try:
+                with sqlite3.connect(jobs_db) as conn:
+                    row = conn.execute("SELECT state FROM job").fetchone()
+                chunks = len(json.loads(row[0]).get("chunks", {})) if row else 0
+            except sqlite3.Error:
+                continue
+    return chunks
+
+
 def test_killed_run_resumes_where_it_stopped(long_dataset: SimulatedDataset,
                                              tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -82,17 +99,7 @@ def test_killed_run_resumes_where_it_stopped(long_dataset: SimulatedDataset,
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     jobs_db = out / ".careplane-S1" / "jobs.db"
-    chunks = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and chunks < 5:
-        time.sleep(0.05)
-        if jobs_db.exists():
-            try:
-                with sqlite3.connect(jobs_db) as conn:
-                    row = conn.execute("SELECT state FROM job").fetchone()
-                chunks = len(json.loads(row[0]).get("chunks", {})) if row else 0
-            except sqlite3.Error:
-                continue
+    chunks = _wait_for_chunks(jobs_db, 5)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole run, pool included, dies at once
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL  # killed mid-run, not already finished
@@ -140,17 +147,7 @@ def test_ctrl_c_stops_the_run_promptly_and_it_resumes(long_dataset: SimulatedDat
                             stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jobs_db = out / ".careplane-S1" / "jobs.db"
-    chunks = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and chunks < 3:
-        time.sleep(0.05)
-        if jobs_db.exists():
-            try:
-                with sqlite3.connect(jobs_db) as conn:
-                    row = conn.execute("SELECT state FROM job").fetchone()
-                chunks = len(json.loads(row[0]).get("chunks", {})) if row else 0
-            except sqlite3.Error:
-                continue
+    chunks = _wait_for_chunks(jobs_db, 3)
     assert chunks >= 3
     _wait_for_pool_started(proc.pid)
     # Ctrl-C on a terminal: SIGINT to every process of the foreground group, pool included.
