@@ -14,7 +14,7 @@ from careplane.settings import (
 def test_production_refuses_default_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAREPLANE_ENV", raising=False)
     settings = Settings()
-    with pytest.raises(SettingsError, match="SECRET_KEY.*ADMIN_PASSWORD"):
+    with pytest.raises(SettingsError, match=r"SECRET_KEY.*ADMIN_PASSWORD"):
         settings.check_safe()
 
 

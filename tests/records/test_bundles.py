@@ -246,17 +246,7 @@ def test_a_refused_entry_after_a_change_in_a_batch_is_audited_without_blocking(
     admin = Fhir(client, accounts.make("registrar", Role.clinician, org="org-a").headers)
     nurse = Fhir(client, accounts.make("nurse-x", Role.clinician, org="org-a").headers)
     pid = admin.create(patient("Refused", "Rita"))["id"]
-    admin.create({"resourceType": "Consent", "status": "active",
-                  "scope": {"coding": [{"system":
-                                        "http://terminology.hl7.org/CodeSystem/consentscope",
-                                        "code": "patient-privacy"}]},
-                  "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                  "patient": {"reference": f"Patient/{pid}"},
-                  "provision": {"type": "deny", "actor": [{
-                      "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                           "v3-ParticipationType", "code": "PRCP"}]},
-                      "reference": {"identifier": {"system": "urn:careplane:user",
-                                                   "value": "nurse-x"}}}]}})
+    _deny_consent(admin, pid, "nurse-x")
     other = admin.create(patient("Open", "Olga"))["id"]
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"resource": observation(f"Patient/{other}"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -26,16 +25,6 @@ from careplane.settings import Settings
 from tests.conftest import Accounts
 
 FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-
-
-@pytest.fixture
-def app_client(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings)
-    try:
-        with TestClient(app) as test_client:
-            yield test_client
-    finally:
-        app.state.platform.db.dispose()
 
 
 def _patient(client: TestClient, headers: dict[str, str]) -> str:
@@ -72,17 +61,17 @@ def _of_the_request(seen: list[tuple[int, str, str]]) -> list[str]:
     return [word for t, word, _ in seen if t in threads]
 
 
-def test_a_read_opens_no_transaction_and_is_audited_once(app_client: TestClient,
+def test_a_read_opens_no_transaction_and_is_audited_once(client: TestClient,
                                                          accounts: Accounts) -> None:
     nurse = accounts.make("nurse")
-    pid = _patient(app_client, nurse.headers)
-    db: Database = app_client.app.state.platform.db  # type: ignore[attr-defined]
+    pid = _patient(client, nurse.headers)
+    db: Database = client.app.state.platform.db  # type: ignore[attr-defined]
     flush_all()
     with db.session() as session:
         before = session.scalar(select(AuditRecord.id).order_by(AuditRecord.id.desc()).limit(1))
     seen, hooks = _statements(db)
     try:
-        read = app_client.get(f"/fhir/Patient/{pid}", headers={**nurse.headers, **FHIR})
+        read = client.get(f"/fhir/Patient/{pid}", headers={**nurse.headers, **FHIR})
         assert read.status_code == 200, read.text
         assert read.headers["ETag"] == 'W/"1"'
         ours = _of_the_request(list(seen))
@@ -100,11 +89,11 @@ def test_a_read_opens_no_transaction_and_is_audited_once(app_client: TestClient,
         assert verify(session).ok
 
 
-def test_a_read_does_not_wait_for_a_writer(app_client: TestClient, accounts: Accounts,
+def test_a_read_does_not_wait_for_a_writer(client: TestClient, accounts: Accounts,
                                            db: Database) -> None:
     """SQLite has one writer at a time: a read must not queue behind a long write."""
     nurse = accounts.make("nurse")
-    pid = _patient(app_client, nurse.headers)
+    pid = _patient(client, nurse.headers)
     held, release = threading.Event(), threading.Event()
 
     def long_write() -> None:
@@ -118,7 +107,7 @@ def test_a_read_does_not_wait_for_a_writer(app_client: TestClient, accounts: Acc
     try:
         assert held.wait(10)
         started = time.monotonic()
-        read = app_client.get(f"/fhir/Patient/{pid}", headers={**nurse.headers, **FHIR})
+        read = client.get(f"/fhir/Patient/{pid}", headers={**nurse.headers, **FHIR})
         took = time.monotonic() - started
     finally:
         release.set()
@@ -127,14 +116,14 @@ def test_a_read_does_not_wait_for_a_writer(app_client: TestClient, accounts: Acc
     assert took < 5, took
 
 
-def test_a_refused_read_is_recorded_durably(app_client: TestClient, accounts: Accounts) -> None:
+def test_a_refused_read_is_recorded_durably(client: TestClient, accounts: Accounts) -> None:
     owner = accounts.make("owner")
     stranger = accounts.make("stranger", org="org-b")
-    pid = _patient(app_client, owner.headers)
-    refused = app_client.get(f"/fhir/Patient/{pid}", headers={**stranger.headers, **FHIR})
+    pid = _patient(client, owner.headers)
+    refused = client.get(f"/fhir/Patient/{pid}", headers={**stranger.headers, **FHIR})
     assert refused.status_code == 403
     assert refused.json()["resourceType"] == "OperationOutcome"
-    db: Database = app_client.app.state.platform.db  # type: ignore[attr-defined]
+    db: Database = client.app.state.platform.db  # type: ignore[attr-defined]
     with db.session() as session:  # no flush: a refusal is never queued
         denied = session.scalars(select(AuditRecord).where(
             AuditRecord.outcome == "denied", AuditRecord.target_id == pid)).all()
@@ -148,39 +137,39 @@ def test_a_refused_read_is_recorded_durably(app_client: TestClient, accounts: Ac
     ("Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln", "invalid_token"),
 ])
 def test_a_read_with_bad_credentials_is_refused_before_any_data(
-        app_client: TestClient, accounts: Accounts, header: str, challenge: str) -> None:
+        client: TestClient, accounts: Accounts, header: str, challenge: str) -> None:
     nurse = accounts.make("nurse")
-    pid = _patient(app_client, nurse.headers)
-    r = app_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": header, **FHIR})
+    pid = _patient(client, nurse.headers)
+    r = client.get(f"/fhir/Patient/{pid}", headers={"Authorization": header, **FHIR})
     assert r.status_code == 401
     assert r.json()["resourceType"] == "OperationOutcome"
     assert f'error="{challenge}"' in r.headers["WWW-Authenticate"]
     assert "Hot" not in r.text
-    anonymous = app_client.get(f"/fhir/Patient/{pid}/_history/1", headers=FHIR)
+    anonymous = client.get(f"/fhir/Patient/{pid}/_history/1", headers=FHIR)
     assert anonymous.status_code == 401 and "Hot" not in anonymous.text
 
 
-def test_a_revoked_token_is_refused_at_once(app_client: TestClient,
+def test_a_revoked_token_is_refused_at_once(client: TestClient,
                                             accounts: Accounts) -> None:
     nurse = accounts.make("nurse")
-    pid = _patient(app_client, nurse.headers)
+    pid = _patient(client, nurse.headers)
     url = f"/fhir/Patient/{pid}"
-    assert app_client.get(url, headers={**nurse.headers, **FHIR}).status_code == 200
-    assert app_client.post("/api/auth/revoke", headers=nurse.headers).status_code in (200, 204)
-    assert app_client.get(url, headers={**nurse.headers, **FHIR}).status_code == 401
+    assert client.get(url, headers={**nurse.headers, **FHIR}).status_code == 200
+    assert client.post("/api/auth/revoke", headers=nurse.headers).status_code in (200, 204)
+    assert client.get(url, headers={**nurse.headers, **FHIR}).status_code == 401
 
 
 def test_break_glass_past_a_consent_deny_on_a_read_is_flagged(
-        app_client: TestClient, accounts: Accounts, db: Database) -> None:
+        client: TestClient, accounts: Accounts, db: Database) -> None:
     doctor = accounts.make("doctor", Role.clinician)
-    pid = _patient(app_client, doctor.headers)
+    pid = _patient(client, doctor.headers)
     with db.session() as session:
         record_consent(session, org_id=doctor.org_id, patient_id=pid,
                        provision=Provision("deny"))
     url = f"/fhir/Patient/{pid}"
-    assert app_client.get(url, headers={**doctor.headers, **FHIR}).status_code == 403
+    assert client.get(url, headers={**doctor.headers, **FHIR}).status_code == 403
     reason = "patient unconscious in the emergency department"
-    r = app_client.get(url, headers={**doctor.headers, **FHIR, "X-Break-Glass-Reason": reason})
+    r = client.get(url, headers={**doctor.headers, **FHIR, "X-Break-Glass-Reason": reason})
     assert r.status_code == 200, r.text
     flush_all()
     with db.session() as session:
@@ -188,7 +177,7 @@ def test_break_glass_past_a_consent_deny_on_a_read_is_flagged(
             AuditRecord.break_glass.is_(True))).all()
         assert [(r.target_id, r.detail.get("break_glass_reason")) for r in flagged] == [
             (pid, reason)]
-    short = app_client.get(url, headers={**doctor.headers, **FHIR,
+    short = client.get(url, headers={**doctor.headers, **FHIR,
                                          "X-Break-Glass-Reason": "urgent"})
     assert short.status_code == 400 and short.json()["resourceType"] == "OperationOutcome"
 
@@ -239,14 +228,14 @@ def test_an_idle_connection_is_checked_and_a_dead_one_replaced(
         db.dispose()
 
 
-def test_a_version_beyond_any_stored_is_not_found(app_client: TestClient,
+def test_a_version_beyond_any_stored_is_not_found(client: TestClient,
                                                   accounts: Accounts) -> None:
     nurse = accounts.make("nurse")
-    pid = _patient(app_client, nurse.headers)
+    pid = _patient(client, nurse.headers)
     for vid in ("99999999999999999999", "2", "x"):
-        r = app_client.get(f"/fhir/Patient/{pid}/_history/{vid}",
+        r = client.get(f"/fhir/Patient/{pid}/_history/{vid}",
                            headers={**nurse.headers, **FHIR})
         assert r.status_code == 404, (vid, r.text)
         assert r.json()["resourceType"] == "OperationOutcome"
-    assert app_client.get(f"/fhir/Patient/{pid}/_history/1",
+    assert client.get(f"/fhir/Patient/{pid}/_history/1",
                           headers={**nurse.headers, **FHIR}).json()["id"] == pid

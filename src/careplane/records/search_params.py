@@ -390,20 +390,11 @@ def _criterion(resource_type: str, name: str, raw: str, depth: int = 0) -> Crite
             raise _Refusal(f"{resource_type} has no search parameter {code!r}")
         if modifier is not None:
             raise _Refusal(f"{code} does not take the modifier :{modifier}")
-        words = tuple(w for w in (unescape(p).strip() for p in split_values(raw)) if w)
-        if not words:
-            raise _bad(name, "has no value")
-        if len(words) > MAX_VALUES:
-            raise _bad(name, f"at most {MAX_VALUES} values may be OR'd")
-        return Criterion(name, "fulltext", param, None, words)
+        return Criterion(name, "fulltext", param, None, _plain_values(name, raw))
     if code == "_list" and not dot:
         if modifier is not None:
             raise _Refusal(f"_list does not take the modifier :{modifier}")
-        ids = tuple(i for i in (unescape(p).strip() for p in split_values(raw)) if i)
-        if not ids:
-            raise _bad(name, "has no value")
-        if len(ids) > MAX_VALUES:
-            raise _bad(name, f"at most {MAX_VALUES} values may be OR'd")
+        ids = _plain_values(name, raw)
         if not all(_LIST_ID.fullmatch(i) for i in ids):
             raise _bad(name, "names a List by its id (functional lists such as $current-"
                              "problems are not kept by this server)")
@@ -504,6 +495,17 @@ def _finish(name: str, ptype: str, param: SearchParam | None, modifier: str | No
         values = tuple(ReferenceValue(modifier, v.id, v.url) if isinstance(v, ReferenceValue)
                        and v.type is None else v for v in values)
     return Criterion(name, ptype, param, modifier, values)
+
+
+def _plain_values(name: str, raw: str) -> tuple[str, ...]:
+    """A parameter's OR'd values as plain strings (unescaped, trimmed, empty ones dropped):
+    at least one, at most :data:`MAX_VALUES`."""
+    values = tuple(v for v in (unescape(p).strip() for p in split_values(raw)) if v)
+    if not values:
+        raise _bad(name, "has no value")
+    if len(values) > MAX_VALUES:
+        raise _bad(name, f"at most {MAX_VALUES} values may be OR'd")
+    return values
 
 
 _NAME = re.compile(r"[a-z][A-Za-z0-9]*")

@@ -24,6 +24,17 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 
+@contextmanager
+def _committed(session: Session) -> Iterator[None]:
+    """Commit ``session`` when the block succeeds, roll it back on any error."""
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached; the message names it without its password."""
 
@@ -127,13 +138,8 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on any error."""
-        with self.sessions() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with self.sessions() as session, _committed(session):
+            yield session
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
@@ -147,13 +153,8 @@ class Database:
         """
         option = {_AUTOCOMMIT: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
         with self.engine.connect().execution_options(**option) as conn, \
-                Session(bind=conn, expire_on_commit=False) as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+                Session(bind=conn, expire_on_commit=False) as session, _committed(session):
+            yield session
 
     def ping(self) -> None:
         try:
