@@ -43,7 +43,7 @@ from careplane.records.search import run_search, run_system_search, searchset
 from careplane.records.search_params import parse_search, parse_system_search
 from careplane.records.spec import resource_types
 from careplane.records.validation import validate_resource
-from careplane.security.deps import CredentialsDep, PrincipalDep, principal_of
+from careplane.security.deps import CredentialsDep, PrincipalDep, principal_of, token_key
 
 __all__ = ["FHIR_JSON", "FhirNotFound", "FhirRoute", "note_warnings", "router"]
 
@@ -470,10 +470,12 @@ def instance_history(rtype: str, rid: str, request: Request, platform: PlatformD
 def read(rtype: str, rid: str, request: Request, platform: PlatformDep,
          credentials: CredentialsDep) -> Response:
     # The hot path: the principal is resolved in this handler's worker thread rather than in
-    # a dependency of its own, and the token, the resource and the patient's consents are
-    # read on one connection in autocommit (no BEGIN/COMMIT); the access is audited through
-    # the queued writer.
+    # a dependency of its own; the token, the resource and the patient's consents are read
+    # in one statement (store.read_ahead), in autocommit (no BEGIN/COMMIT); the access is
+    # audited through the queued writer.
     with platform.read_session() as session:
+        if credentials is not None:
+            store.read_ahead(session, rtype, rid, token_key(credentials, session))
         principal = principal_of(platform, credentials, session=session)
         known_type(rtype)
         stored = store.read(session, principal, rtype, rid)

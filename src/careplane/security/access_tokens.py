@@ -28,7 +28,8 @@ from careplane.security.keys import SIGNING_ALG, current_key, verification_key
 from careplane.security.models import AuthToken, User
 from careplane.security.oauth_models import UserPatient
 
-__all__ = ["ACCESS_TOKEN_LIFETIME", "IssuedAccessToken", "TokenRejected", "is_jwt",
+__all__ = ["ACCESS_TOKEN_LIFETIME", "IssuedAccessToken", "TokenRejected", "access_token_id",
+           "is_jwt",
            "issue_access_token", "issue_id_token", "linked_patient", "resolve_access_token"]
 
 ACCESS_TOKEN_LIFETIME = timedelta(hours=1)
@@ -149,6 +150,17 @@ def _verified_claims(session: Session, token: str, issuer: str) -> dict[str, Any
         while len(_verified) > _VERIFIED_MAX:
             _verified.popitem(last=False)
     return claims
+
+
+def access_token_id(session: Session, token: str, *, issuer: str) -> str | None:
+    """The ``jti`` of a JWT access token whose signature verifies, or None: what a caller
+    reading the token's row ahead (:func:`identity.token_query` by id) looks it up by.
+    Nothing else is checked here; :func:`resolve_access_token` still decides."""
+    try:
+        jti = _verified_claims(session, token, issuer).get("jti")
+    except TokenRejected:
+        return None
+    return jti if isinstance(jti, str) else None
 
 
 def resolve_access_token(session: Session, token: str, *, issuer: str,

@@ -25,12 +25,13 @@ silently widened):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Executable,
     ForeignKey,
     Integer,
@@ -40,16 +41,26 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql import FromClause
 
-from careplane.platform.db import Base, JSONType, UTCDateTime, new_id, utcnow
+from careplane.platform.db import (
+    MISSING,
+    Base,
+    JSONType,
+    UTCDateTime,
+    new_id,
+    recall,
+    remember,
+    utcnow,
+)
 from careplane.security._principal import Role
 from careplane.security.actions import Action
 from careplane.security.models import Organisation, User
 from careplane.security.policy import ConsentRule
 
 __all__ = ["ConsentDirective", "ConsentError", "ConsentProvision", "Provision",
-           "deactivate_consent", "from_fhir", "list_consents", "record_consent", "rules_for",
-           "sync_fhir"]
+           "deactivate_consent", "from_fhir", "list_consents", "record_consent",
+           "remember_rules", "rule_of", "rules_for", "sync_fhir", "with_rules"]
 
 ENFORCED_SCOPES = frozenset({"patient-privacy", "research"})
 _ACTION_CODES: dict[str, frozenset[Action]] = {
@@ -214,12 +225,17 @@ def list_consents(session: Session, org_id: str, patient_id: str | None = None
     return list(session.scalars(query.order_by(ConsentDirective.updated_at.desc()).limit(500)))
 
 
+_RULE_COLUMNS = (ConsentProvision.id, ConsentProvision.consent_id, ConsentProvision.patient_id,
+                 ConsentProvision.decision, ConsentProvision.parent_id, ConsentProvision.depth,
+                 ConsentProvision.actor_user_ids, ConsentProvision.actor_org_ids,
+                 ConsentProvision.actor_roles, ConsentProvision.purposes,
+                 ConsentProvision.data_classes, ConsentProvision.actions,
+                 ConsentProvision.start, ConsentProvision.end)
+
+
 def _rules_query(*, by_org: bool) -> Executable:
     p = ConsentProvision
-    query = select(p.id, p.consent_id, p.patient_id, p.decision, p.parent_id, p.depth,
-                   p.actor_user_ids, p.actor_org_ids, p.actor_roles, p.purposes,
-                   p.data_classes, p.actions, p.start, p.end
-                   ).where(p.patient_id == bindparam("patient"))
+    query = select(*_RULE_COLUMNS).where(p.patient_id == bindparam("patient"))
     return query.where(p.org_id == bindparam("org")) if by_org else query
 
 
@@ -227,18 +243,44 @@ def _rules_query(*, by_org: bool) -> Executable:
 _RULES = {True: _rules_query(by_org=True), False: _rules_query(by_org=False)}
 
 
-def rules_for(session: Session, org_id: str | None, patient_id: str) -> tuple[ConsentRule, ...]:
-    """Every enforced provision of this patient's active consents (one indexed query)."""
-    query = _RULES[org_id is not None]
-    params = {"patient": patient_id, "org": org_id} if org_id is not None \
-        else {"patient": patient_id}
-    # Plain rows, not ORM objects: this runs on every request that touches a patient.
-    return tuple(ConsentRule(
+def with_rules(left: FromClause, patient_id: ColumnElement[Any], org_id: ColumnElement[Any]
+               ) -> tuple[FromClause, tuple[Any, ...]]:
+    """``left`` outer-joined to the enforced provisions of the patient ``patient_id`` in
+    ``org_id`` (columns of ``left``), and the columns :func:`rule_of` reads: for a statement
+    that fetches a patient's rules together with rows of its own."""
+    joined = left.outerjoin(ConsentProvision.__table__,
+                            (ConsentProvision.patient_id == patient_id)
+                            & (ConsentProvision.org_id == org_id))
+    return joined, _RULE_COLUMNS
+
+
+def rule_of(r: Sequence[Any]) -> ConsentRule:
+    """The :class:`ConsentRule` of one row of :func:`rule_columns`."""
+    return ConsentRule(
         id=r[0], consent_id=r[1], patient_id=r[2], decision=r[3], parent_id=r[4], depth=r[5],
         actor_user_ids=frozenset(r[6]), actor_org_ids=frozenset(r[7]),
         actor_roles=frozenset(r[8]), purposes=frozenset(r[9]), data_classes=frozenset(r[10]),
         actions=frozenset(Action(a) for a in r[11]), start=r[12], end=r[13])
-        for r in session.execute(query, params))
+
+
+def remember_rules(session: Session, org_id: str, patient_id: str,
+                   rules: tuple[ConsentRule, ...]) -> None:
+    """Hand :func:`rules_for` the provisions of this patient in ``org_id``, read ahead."""
+    remember(session, ("consents", org_id, patient_id), rules)
+
+
+def rules_for(session: Session, org_id: str | None, patient_id: str) -> tuple[ConsentRule, ...]:
+    """Every enforced provision of this patient's active consents (one indexed query, or
+    none when they were read ahead)."""
+    if org_id is not None:
+        ahead = recall(session, ("consents", org_id, patient_id))
+        if ahead is not MISSING:
+            return ahead
+    query = _RULES[org_id is not None]
+    params = {"patient": patient_id, "org": org_id} if org_id is not None \
+        else {"patient": patient_id}
+    # Plain rows, not ORM objects: this runs on every request that touches a patient.
+    return tuple(rule_of(r) for r in session.execute(query, params))
 
 
 # --- FHIR R4 Consent ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import dataclasses
 import hmac
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
@@ -23,13 +23,19 @@ from sqlalchemy.orm import Session
 from careplane.deps import PlatformDep
 from careplane.platform.context import Platform
 from careplane.security._principal import Principal, Role
-from careplane.security.access_tokens import TokenRejected, is_jwt, resolve_access_token
-from careplane.security.identity import resolve_token
+from careplane.security.access_tokens import (
+    TokenRejected,
+    access_token_id,
+    is_jwt,
+    resolve_access_token,
+)
+from careplane.security.identity import hash_token, resolve_token
 from careplane.security.issuer import issuer_url
 
 __all__ = ["BREAK_GLASS_HEADER", "CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "Credentials",
            "CredentialsDep", "PrincipalDep", "authenticate_request", "current_principal",
-           "principal_of", "read_credentials", "require_roles", "resolve", "token_session"]
+           "principal_of", "read_credentials", "require_roles", "resolve", "token_key",
+           "token_session"]
 
 SESSION_COOKIE = "careplane_session"
 CSRF_COOKIE = "careplane_csrf"
@@ -148,6 +154,25 @@ def _lookup(session: Session, credentials: Credentials) -> Principal | None:
     except TokenRejected as exc:
         raise _unauthorised(str(exc), "invalid_token") from None
     return principal
+
+
+def token_key(credentials: Credentials | None, session: Session
+              ) -> tuple[Literal["hash", "id"], str] | None:
+    """How :func:`resolve` will look up the token row of ``credentials``, for a caller that
+    reads it ahead together with rows of its own (:func:`identity.token_query`): by hash for
+    an opaque token or a session cookie, by ``jti`` for a careplane JWT whose signature
+    verifies; None when there is no row to read (no credentials, an external provider's
+    token, a JWT that will be refused anyway)."""
+    if credentials is None:
+        return None
+    token = credentials.token
+    if credentials.kind == "session" or not is_jwt(token):
+        return "hash", hash_token(token)
+    external = credentials.external
+    if external is not None and external.issued(token):
+        return None
+    jti = access_token_id(session, token, issuer=credentials.issuer)
+    return None if jti is None else ("id", jti)
 
 
 def resolve(platform: Platform, credentials: Credentials | None, *,

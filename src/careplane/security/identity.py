@@ -5,24 +5,25 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Executable, bindparam, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from careplane.platform.db import utcnow
+from careplane.platform.db import MISSING, recall, remember, utcnow
 from careplane.security._principal import Principal, Role
 from careplane.security.models import AuthToken, Membership, Organisation, User
 from careplane.security.oauth_models import RefreshToken, UserPatient
 from careplane.security.passwords import hash_password, password_problem, verify_password
 from careplane.security.totp import is_enrolled, verify_code
 
-__all__ = ["IdentityError", "IssuedToken", "LoginResult", "WrongPassword", "add_membership",
-           "authenticate", "change_password", "check_login", "create_org", "create_user",
-           "issue_token", "link_patient", "resolve_token", "revoke_token",
-           "revoke_user_tokens"]
+__all__ = ["TOKEN_COLUMNS", "IdentityError", "IssuedToken", "LoginResult", "WrongPassword",
+           "add_membership", "authenticate", "change_password", "check_login", "create_org",
+           "create_user", "holder_of", "issue_token", "link_patient", "remember_token",
+           "resolve_token", "revoke_token", "revoke_user_tokens", "token_query"]
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
@@ -230,37 +231,63 @@ class TokenHolder:
     own_patient: str | None = None
 
 
-def _token_query(key: InstrumentedAttribute[str]) -> Executable:
-    return (select(AuthToken.id, AuthToken.kind, AuthToken.org_id, AuthToken.scopes,
-                   AuthToken.client_id, AuthToken.expires_at, AuthToken.revoked_at,
-                   AuthToken.last_used_at, User.id, User.username, User.full_name,
-                   User.is_active, Membership.role, UserPatient.patient_id)
+def _token_query(key: InstrumentedAttribute[str]) -> Select[*tuple[Any, ...]]:
+    # One row per token: the roles come aggregated (comma-separated), so that a statement
+    # which joins this to other rows (a FHIR read's, see records.store) does not repeat
+    # them once per role.
+    columns = (AuthToken.id, AuthToken.kind, AuthToken.org_id, AuthToken.scopes,
+               AuthToken.client_id, AuthToken.expires_at, AuthToken.revoked_at,
+               AuthToken.last_used_at, User.id, User.username, User.full_name, User.is_active,
+               UserPatient.patient_id)
+    return (select(*columns, func.aggregate_strings(Membership.role, ",").label("roles"))
             .join(User, User.id == AuthToken.user_id)
             .outerjoin(Membership, (Membership.user_id == AuthToken.user_id)
                        & (Membership.org_id == AuthToken.org_id))
             .outerjoin(UserPatient, (UserPatient.user_id == AuthToken.user_id)
                        & (UserPatient.org_id == AuthToken.org_id))
-            .where(key == bindparam("key")))
+            .where(key == bindparam("key"))
+            .group_by(*columns))
 
 
 # Built once: this runs on every authenticated request.
 _BY = {"hash": _token_query(AuthToken.token_hash), "id": _token_query(AuthToken.id)}
+TOKEN_COLUMNS = len(_BY["hash"].selected_columns)
+"""How many columns :func:`token_query` selects (a joined statement's first ones)."""
+
+
+def token_query(by: Literal["hash", "id"]) -> Select[*tuple[Any, ...]]:
+    """The statement :func:`load_token` runs (parameter ``key``), for a caller that reads it
+    together with other rows and hands the answer back through :func:`remember_token`."""
+    return _BY[by]
+
+
+def holder_of(values: Sequence[Any]) -> TokenHolder:
+    """The :class:`TokenHolder` of one row of :func:`token_query` (its first columns)."""
+    return TokenHolder(
+        token_id=values[0], kind=values[1], org_id=values[2], scopes=values[3],
+        client_id=values[4], expires_at=values[5], revoked_at=values[6],
+        last_used_at=values[7], user_id=values[8], username=values[9],
+        display_name=values[10] or values[9], is_active=values[11],
+        roles=frozenset(Role(r) for r in values[13].split(",")) if values[13] else frozenset(),
+        own_patient=values[12])
+
+
+def remember_token(session: Session, by: Literal["hash", "id"], key: str,
+                   holder: TokenHolder | None) -> None:
+    """Hand :func:`load_token` the answer to (``by``, ``key``) read ahead (None: no such
+    token), so that it costs no query of its own."""
+    remember(session, ("token", by, key), holder)
 
 
 def load_token(session: Session, by: Literal["hash", "id"], key: str) -> TokenHolder | None:
     """One round trip for everything authentication needs to know about a token (found by
     its SHA-256 ``hash`` or its ``id``): the token, its user, the user's roles in the token's
-    organisation and their own Patient there."""
-    rows = session.execute(_BY[by], {"key": key}).all()
-    if not rows:
-        return None
-    first = rows[0]
-    return TokenHolder(
-        token_id=first[0], kind=first[1], org_id=first[2], scopes=first[3],
-        client_id=first[4], expires_at=first[5], revoked_at=first[6], last_used_at=first[7],
-        user_id=first[8], username=first[9], display_name=first[10] or first[9],
-        is_active=first[11], roles=frozenset(Role(r[12]) for r in rows if r[12] is not None),
-        own_patient=first[13])
+    organisation and their own Patient there; none when it was read ahead."""
+    ahead = recall(session, ("token", by, key))
+    if ahead is not MISSING:
+        return ahead
+    row = session.execute(_BY[by], {"key": key}).first()
+    return None if row is None else holder_of(row)
 
 
 def touch(session: Session, holder: TokenHolder, now: datetime) -> None:

@@ -1,11 +1,13 @@
 """Database access: one :class:`Database` per process, SQLite or PostgreSQL behind SQLAlchemy 2."""
 
+from careplane.platform.db._ahead import MISSING, recall, remember
 from careplane.platform.db._engine import Database, DatabaseUnavailable
 from careplane.platform.db._migrate import MigrationRequired, migrate, needs_migration
 from careplane.platform.db._types import JSONType, UTCDateTime, new_id, utcnow
 from careplane.platform.db.base import Base
 
 __all__ = [
+    "MISSING",
     "Base",
     "Database",
     "DatabaseUnavailable",
@@ -15,5 +17,7 @@ __all__ = [
     "migrate",
     "needs_migration",
     "new_id",
+    "recall",
+    "remember",
     "utcnow",
 ]
