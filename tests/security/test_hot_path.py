@@ -242,3 +242,50 @@ def test_a_version_beyond_any_stored_is_not_found(client: TestClient,
         assert r.json()["resourceType"] == "OperationOutcome"
     assert client.get(f"/fhir/Patient/{pid}/_history/1",
                           headers={**nurse.headers, **FHIR}).json()["id"] == pid
+
+
+def test_what_a_read_fetches_ahead_is_what_each_lookup_finds(client: TestClient,
+                                                             accounts: Accounts) -> None:
+    """The one statement of a read hands the token, resource and consent lookups the same
+    answers they would find on their own: every role of a two-role account, every provision
+    of a consent with an exception, nothing for an unknown token or a missing resource."""
+    from careplane.records import store
+    from careplane.security.consent import rules_for
+    from careplane.security.identity import hash_token, load_token
+
+    admin = accounts.make("ward-lead", Role.clinician, Role.admin)
+    pid = _patient(client, admin.headers)
+    db: Database = client.app.state.platform.db  # type: ignore[attr-defined]
+    with db.session() as session:
+        record_consent(session, org_id=admin.org_id, patient_id=pid, provision=Provision(
+            "permit", exceptions=[Provision("deny", purposes=["HRESCH"]),
+                                  Provision("deny", actor_roles=["researcher"])]))
+    key = hash_token(admin.token)
+    with db.read_session() as session:
+        alone = (load_token(session, "hash", key), store.current_row(session, "Patient", pid),
+                 rules_for(session, admin.org_id, pid))
+    with db.read_session() as session:
+        store.read_ahead(session, "Patient", pid, ("hash", key))
+        statements: list[str] = []
+
+        def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(db.engine, "before_cursor_execute", note)
+        try:
+            ahead = (load_token(session, "hash", key),
+                     store.current_row(session, "Patient", pid),
+                     rules_for(session, admin.org_id, pid))
+        finally:
+            event.remove(db.engine, "before_cursor_execute", note)
+    assert alone[0] is not None and alone[0].roles == {Role.clinician, Role.admin}
+    assert ahead[0] == alone[0]
+    assert tuple(ahead[1]) == tuple(alone[1])
+    assert len(alone[2]) == 3 and sorted(ahead[2], key=str) == sorted(alone[2], key=str)
+    assert statements == [], statements  # all three answered without a query
+    with db.read_session() as session:
+        store.read_ahead(session, "Patient", pid, ("hash", hash_token("not-a-token")))
+        assert load_token(session, "hash", hash_token("not-a-token")) is None
+        store.read_ahead(session, "Patient", "no-such-patient", ("hash", key))
+        assert load_token(session, "hash", key) == alone[0]
+        assert store.current_row(session, "Patient", "no-such-patient") is None
