@@ -67,3 +67,29 @@ def test_the_representation_is_unchanged_without_the_preference(doctor: Fhir) ->
     assert created.json()["resourceType"] == "Consent"
     other = doctor.post("Patient", patient("Nobody warned"), headers=OUTCOME)
     assert other.status_code == 201 and _warnings(other) == []
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+def test_a_bundle_entry_carries_its_own_warnings(doctor: Fhir, kind: str) -> None:
+    """In a bundle the warnings go to the entry that caused them, as its response.outcome
+    (FHIR's place for an entry's hints and warnings); the other entries carry none."""
+    pid = doctor.create(patient("Bundled"))["id"]
+    unenforced = {"type": "permit", "data": [{"meaning": "instance", "reference": {
+        "reference": f"Patient/{pid}"}}]}
+    bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+        {"resource": patient("Beside"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": _consent(pid, unenforced), "request": {"method": "POST",
+                                                             "url": "Consent"}},
+        {"resource": _consent(pid, {"type": "permit"}), "request": {"method": "POST",
+                                                                     "url": "Consent"}}]}
+    answered = doctor.post("", bundle)
+    assert answered.status_code == 200, answered.text
+    entries = answered.json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["201", "201", "201"]
+    first, warned, clean = (e["response"] for e in entries)
+    assert "outcome" not in first and "outcome" not in clean, entries
+    cid = warned["location"].split("/Consent/")[1].split("/")[0]
+    issues = warned["outcome"]["issue"]
+    assert [i["severity"] for i in issues] == ["warning"]
+    assert issues[0]["diagnostics"].startswith(f"Consent/{cid}: Consent.provision")
+    assert "not enforced" in issues[0]["diagnostics"]

@@ -257,7 +257,26 @@ def bundle(request: Request, platform: PlatformDep, principal: PrincipalDep, bod
         result = process_bundle(session, principal, body, base=base,
                                 max_entries=cfg.max_bundle_entries,
                                 minimal=prefer(request).get("return") == "minimal")
+        warnings = _warnings(session)
+    if warnings:
+        _entry_warnings(result, base, warnings)
     return fhir_json(result)
+
+
+def _entry_warnings(result: dict[str, Any], base: str, warnings: list[str]) -> None:
+    """Each written entry's warnings (they name it: ``Consent/ID: ...``) as its
+    ``response.outcome``, where FHIR puts the hints and warnings of a bundle entry: always,
+    since the response Bundle has no other place for them."""
+    for entry in result["entry"]:
+        location = str(entry["response"].get("location") or "").removeprefix(f"{base}/")
+        parts = location.split("/")
+        if len(parts) < 2:
+            continue
+        named = f"{parts[0]}/{parts[1]}: "
+        mine = [w for w in warnings if w.startswith(named)]
+        if mine:
+            entry["response"]["outcome"] = operation_outcome(
+                [Issue("not-supported", w, "warning") for w in mine])
 
 
 def _system_search(request: Request, platform: PlatformDep, principal: PrincipalDep,

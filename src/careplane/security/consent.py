@@ -34,6 +34,7 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
@@ -98,6 +99,9 @@ class ConsentDirective(Base):
 
 class ConsentProvision(Base):
     __tablename__ = "consent_provision"
+    # A search asks for its organisation's denials (records.access): by org and decision.
+    __table_args__ = (Index("ix_consent_provision_org_id_decision", "org_id", "decision",
+                            "patient_id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     consent_id: Mapped[str] = mapped_column(
