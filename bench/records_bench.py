@@ -27,6 +27,7 @@ the server named by ``CAREPLANE_TEST_POSTGRES_URL``, default ``postgres@127.0.0.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import platform
 import random
@@ -217,9 +218,12 @@ def _free_port() -> int:
 
 
 def socket_reads(settings: Settings, paths: list[str], headers: dict[str, str]
-                 ) -> list[float]:
+                 ) -> dict[str, list[float]]:
     """Milliseconds per ``GET`` of ``paths`` through ``careplane serve`` on a real socket (no
-    job workers), from one httpx client that keeps its connection, after a warm-up pass."""
+    job workers), after a warm-up pass, from two clients that each keep their connection,
+    taking turns path by path so the machine's noise falls on both alike: Python's own
+    ``http.client`` (little work of its own, as a load tool or a compiled client has) and
+    httpx (what a Python FHIR client is likely to use; it adds its own cost)."""
     port = _free_port()
     env = {**os.environ, "CAREPLANE_ENV": "test", "CAREPLANE_DATABASE_URL":
            settings.database_url or "", "CAREPLANE_LOG_LEVEL": "WARNING"}
@@ -228,6 +232,14 @@ def socket_reads(settings: Settings, paths: list[str], headers: dict[str, str]
         [sys.executable, "-m", "careplane", "serve", "--host", "127.0.0.1", "--port",
          str(port), "--dicom-port", str(_free_port()), "--job-workers", "0", "--data-dir",
          str(settings.data_dir)], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def plain_get(path: str) -> int:
+        plain.request("GET", path, headers=headers)
+        answer = plain.getresponse()
+        answer.read()
+        return answer.status
+
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
             deadline = time.monotonic() + 120
@@ -242,14 +254,20 @@ def socket_reads(settings: Settings, paths: list[str], headers: dict[str, str]
                     time.sleep(0.1)
             for path in paths[:50]:  # warm: connections, caches, statements
                 client.get(path)
-            times = []
+                plain_get(path)
+            times: dict[str, list[float]] = {"http.client": [], "httpx": []}
             for path in paths:
                 started = time.perf_counter()
+                status = plain_get(path)
+                times["http.client"].append((time.perf_counter() - started) * 1000)
+                assert status == 200, status
+                started = time.perf_counter()
                 r = client.get(path)
-                times.append((time.perf_counter() - started) * 1000)
+                times["httpx"].append((time.perf_counter() - started) * 1000)
                 assert r.status_code == 200, r.text[:300]
             return times
     finally:
+        plain.close()
         server.terminate()
         server.wait(timeout=60)
 
@@ -287,8 +305,11 @@ def measure(db: Database, client: TestClient, headers: dict[str, str], rng: rand
             orjson.dumps(current_row(session, t, i).content)
             times.append((time.perf_counter() - started) * 1000)
     out["store_read_p50"] = pct(times, 50)
-    times = socket_reads(settings, [f"/fhir/{t}/{i}" for t, i in sample], headers)
+    by_client = socket_reads(settings, [f"/fhir/{t}/{i}" for t, i in sample], headers)
+    times = by_client["http.client"]
     out["socket_read_p50"], out["socket_read_p95"] = pct(times, 50), pct(times, 95)
+    times = by_client["httpx"]
+    out["httpx_read_p50"], out["httpx_read_p95"] = pct(times, 50), pct(times, 95)
 
     # searches
     per_query: dict[str, list[float]] = {}
@@ -371,8 +392,11 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
           if any("bulk_per_s" in r for r in results) else []),
         "| read p50 / p95, ms (in-process ASGI client) | "
         + " | ".join(f"{r['read_p50']:.1f} / {r['read_p95']:.1f}" for r in results) + " |",
-        "| read p50 / p95 over a socket (`careplane serve`, httpx keep-alive client), ms | "
+        "| read p50 / p95 over a socket (`careplane serve`, `http.client` keep-alive), ms | "
         + " | ".join(f"{r['socket_read_p50']:.1f} / {r['socket_read_p95']:.1f}"
+                     for r in results) + " |",
+        "| the same reads from an httpx keep-alive client (its own cost included), ms | "
+        + " | ".join(f"{r['httpx_read_p50']:.1f} / {r['httpx_read_p95']:.1f}"
                      for r in results) + " |",
         "| of which the store (row + JSON, no HTTP, access check or audit) p50, ms | "
         + " | ".join(f"{r['store_read_p50']:.2f}" for r in results) + " |",
@@ -428,9 +452,12 @@ def _against_targets(results: list[dict[str, Any]]) -> list[str]:
                    f"spends {r['ingest_cpu_ms']:.2f} ms of CPU per resource, about "
                    f"{cores:,.0f} resources/s per core it gets (PostgreSQL's own work "
                    "comes on top).")
-        out.append(f"- read p50 < 2 ms: {r['socket_read_p50']:.1f} ms over a socket to "
-                   f"`careplane serve`, {r['read_p50']:.1f} ms through the in-process "
-                   f"client, {r['store_read_p50']:.2f} ms in the store.")
+        status = "met" if r["socket_read_p50"] < 2 else "missed"
+        out.append(f"- read p50 < 2 ms ({status}): {r['socket_read_p50']:.1f} ms over a "
+                   f"socket to `careplane serve` from `http.client`, "
+                   f"{r['httpx_read_p50']:.1f} ms from httpx (the client's own cost "
+                   f"included), {r['read_p50']:.1f} ms through the in-process client, "
+                   f"{r['store_read_p50']:.2f} ms in the store.")
     for r in large:
         status = "met" if r["search_p95"] < 100 else "missed"
         out.append(f"- search p95 < 100 ms: at {r['patients']:,} patients "

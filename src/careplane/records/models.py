@@ -88,9 +88,13 @@ resource_version = Table(
 )
 
 
-def _index_table(name: str, *columns: Column[object], indexes: tuple[tuple[str, ...], ...]
-                 ) -> Table:
-    """An index table: which resource, for which parameter, and the type's own columns."""
+def _index_table(name: str, *columns: Column[object], indexes: tuple[tuple[str, ...], ...],
+                 lookups: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> Table:
+    """An index table: which resource, for which parameter, and the type's own columns.
+
+    ``lookups`` are the covering indexes of migration 0104, by name suffix: on SQLite all
+    their columns are key columns, as declared here; on PostgreSQL the ones after
+    ``resource_pk`` (or after the value, for strings and dates) are INCLUDE columns."""
     table = Table(
         name,
         metadata,
@@ -103,6 +107,8 @@ def _index_table(name: str, *columns: Column[object], indexes: tuple[tuple[str, 
     )
     for cols in indexes:
         Index(f"ix_{name}_{'_'.join(cols)}", *(table.c[c] for c in cols))
+    for suffix, cols in lookups:
+        Index(f"ix_{name}_{suffix}", *(table.c[c] for c in cols))
     return table
 
 
@@ -110,7 +116,8 @@ idx_string = _index_table(
     "fhir_idx_string",
     Column("value", _FOLDED, nullable=False),  # case- and accent-folded
     Column("exact", Text, nullable=False),                   # as written
-    indexes=(("resource_type", "param", "value"),),
+    indexes=(),
+    lookups=(("lookup", ("resource_type", "param", "value", "resource_pk")),),
 )
 
 idx_token = _index_table(
@@ -118,14 +125,17 @@ idx_token = _index_table(
     Column("system", String(INDEXED_CHARS)),
     Column("code", String(INDEXED_CHARS)),
     Column("text", _FOLDED),  # folded display/text, for :text
-    indexes=(("resource_type", "param", "code", "system"),),
+    indexes=(),
+    lookups=(("lookup", ("resource_type", "param", "code", "resource_pk", "system")),),
 )
 
 idx_date = _index_table(
     "fhir_idx_date",
     Column("low", UTCDateTime, nullable=False),   # inclusive
     Column("high", UTCDateTime, nullable=False),  # exclusive
-    indexes=(("resource_type", "param", "low"), ("resource_type", "param", "high")),
+    indexes=(),
+    lookups=(("low_lookup", ("resource_type", "param", "low", "high", "resource_pk")),
+             ("high_lookup", ("resource_type", "param", "high", "low", "resource_pk"))),
 )
 
 idx_reference = _index_table(
@@ -133,8 +143,9 @@ idx_reference = _index_table(
     Column("target_type", String(64)),
     Column("target_id", String(64)),
     Column("url", String(INDEXED_CHARS)),  # absolute or canonical references, as written
-    indexes=(("resource_type", "param", "target_id"), ("target_type", "target_id"),
-             ("resource_type", "param", "url")),
+    indexes=(("target_type", "target_id"), ("resource_type", "param", "url")),
+    lookups=(("lookup", ("resource_type", "param", "target_id", "resource_pk",
+                         "target_type")),),
 )
 
 idx_quantity = _index_table(
@@ -192,7 +203,8 @@ idx_compartment = Table(
     Column("compartment", String(32), nullable=False),  # Patient, Encounter, ...
     Column("target_id", String(64), nullable=False),
     Index("ix_fhir_idx_compartment_resource", "resource_pk"),
-    Index("ix_fhir_idx_compartment_target", "compartment", "target_id", "resource_type"),
+    Index("ix_fhir_idx_compartment_lookup", "compartment", "target_id", "resource_type",
+          "resource_pk"),
 )
 
 #: The index table of each search-parameter type that careplane indexes.

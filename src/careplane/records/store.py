@@ -227,7 +227,10 @@ def read_ahead(session: Session, resource_type: str, rid: str,
     lookups (:mod:`careplane.platform.db`'s ``remember``). On PostgreSQL this makes an
     authenticated read one round trip instead of three. Nothing is decided here."""
     by, key = token if token is not None else (None, "")
-    rows = session.execute(_AHEAD[by], {"rtype": resource_type, "rid": rid, "key": key}).all()
+    # Core rows through the session's connection: the ORM's execute costs more than the
+    # lookup on this path, and nothing here is an ORM entity.
+    rows = session.connection().execute(
+        _AHEAD[by], {"rtype": resource_type, "rid": rid, "key": key}).all()
     if token is not None:
         if not rows:  # no such token: the read ends in a 401, nothing else is needed
             remember_token(session, token[0], key, None)
