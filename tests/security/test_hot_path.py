@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select, text
@@ -34,13 +37,19 @@ def _patient(client: TestClient, headers: dict[str, str]) -> str:
     return str(created.json()["id"])
 
 
-def _statements(db: Database) -> tuple[list[tuple[int, str, str]], Any]:
+@contextmanager
+def _statements(db: Database) -> Iterator[list[tuple[int, str, str]]]:
     """(thread, first word, statement) of everything executed, transactions begun as
-    ``TRANSACTION`` (autocommit connections begin none)."""
+    ``TRANSACTION`` (autocommit connections begin none). On PostgreSQL statements are seen
+    at the driver's cursor, where those a read sends past SQLAlchemy are seen too."""
     seen: list[tuple[int, str, str]] = []
 
+    def remember(statement: Any) -> None:
+        text = statement if isinstance(statement, str) else bytes(statement).decode()
+        seen.append((threading.get_ident(), text.split(None, 1)[0].upper(), text))
+
     def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append((threading.get_ident(), statement.split(None, 1)[0].upper(), statement))
+        remember(statement)
 
     def begin(conn: Any) -> None:
         options = conn.get_execution_options()
@@ -48,9 +57,25 @@ def _statements(db: Database) -> tuple[list[tuple[int, str, str]], Any]:
                 options.get("isolation_level") != "AUTOCOMMIT":
             seen.append((threading.get_ident(), "TRANSACTION", ""))
 
-    event.listen(db.engine, "before_cursor_execute", note)
+    execute = psycopg.Cursor.execute
+
+    def driver_execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        remember(query)
+        return execute(cursor, query, *args, **kwargs)
+
     event.listen(db.engine, "begin", begin)
-    return seen, (note, begin)
+    if db.is_postgresql:
+        psycopg.Cursor.execute = driver_execute  # type: ignore[method-assign]
+    else:
+        event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "begin", begin)
+        if db.is_postgresql:
+            psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+        else:
+            event.remove(db.engine, "before_cursor_execute", note)
 
 
 def _of_the_request(seen: list[tuple[int, str, str]]) -> list[str]:
@@ -69,16 +94,12 @@ def test_a_read_opens_no_transaction_and_is_audited_once(client: TestClient,
     flush_all()
     with db.session() as session:
         before = session.scalar(select(AuditRecord.id).order_by(AuditRecord.id.desc()).limit(1))
-    seen, hooks = _statements(db)
-    try:
+    with _statements(db) as seen:
         read = client.get(f"/fhir/Patient/{pid}", headers={**nurse.headers, **FHIR})
         assert read.status_code == 200, read.text
         assert read.headers["ETag"] == 'W/"1"'
         ours = _of_the_request(list(seen))
         statements = [s for _, _, s in seen if "FROM fhir_resource" in s]
-    finally:
-        event.remove(db.engine, "before_cursor_execute", hooks[0])
-        event.remove(db.engine, "begin", hooks[1])
     # token, resource and consents: one statement, no BEGIN, no write
     assert "TRANSACTION" not in ours and "BEGIN" not in ours, ours
     assert ours == ["SELECT"], ours
@@ -289,3 +310,22 @@ def test_what_a_read_fetches_ahead_is_what_each_lookup_finds(client: TestClient,
         store.read_ahead(session, "Patient", "no-such-patient", ("hash", key))
         assert load_token(session, "hash", key) == alone[0]
         assert store.current_row(session, "Patient", "no-such-patient") is None
+
+
+def test_a_read_on_a_lost_connection_fails_as_any_statement_does(db: Database) -> None:
+    """On PostgreSQL a read's one statement goes to the driver's cursor; when the connection
+    is gone, it fails the way every other statement does (SQLAlchemy's OperationalError,
+    which the API answers with 503, and the pool replaces the connection), not with the
+    driver's own error."""
+    from sqlalchemy.exc import OperationalError
+
+    from careplane.records import store
+
+    if not db.is_postgresql:
+        pytest.skip("SQLite reads go through SQLAlchemy only")
+    with pytest.raises(OperationalError), db.read_session() as session:
+        session.connection().connection.driver_connection.close()  # type: ignore[union-attr]
+        store.read_ahead(session, "Patient", "anyone", None)
+    with db.read_session() as session:  # the pool hands out a working connection again
+        store.read_ahead(session, "Patient", "anyone", None)
+        assert store.current_row(session, "Patient", "anyone") is None

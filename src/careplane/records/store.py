@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 import orjson
+import psycopg
 from sqlalchemy import (
     JSON,
     Row,
@@ -57,6 +59,8 @@ from careplane.records.values import format_instant
 from careplane.security import Principal
 from careplane.security.consent import remember_rules, rule_of, with_rules
 from careplane.security.identity import TOKEN_COLUMNS, holder_of, remember_token, token_query
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "WRITE_HOOKS",
@@ -219,6 +223,38 @@ _AHEAD = {by: _ahead_query(by) for by in ("hash", "id", None)}
 _WIDTH = len(_CURRENT_COLUMNS)
 
 
+_AHEAD_SQL: dict[str | None, tuple[str, list[Callable[[Any], Any] | None]]] = {}
+
+
+def _ahead_rows(session: Session, by: Literal["hash", "id"] | None, params: dict[str, str]
+                ) -> Sequence[Sequence[Any]]:
+    """The rows of the read-ahead statement. On PostgreSQL they come straight from the
+    driver's cursor, through the result processors SQLAlchemy would apply (here: the UTC
+    timestamps), which takes about a third off the statement's cost: SQLAlchemy's result
+    handling of its 37 columns costs more than the lookup. A driver error re-runs the
+    statement through SQLAlchemy, which raises it the usual way (a lost connection
+    invalidates the pool and answers 503)."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        compiled = _AHEAD_SQL.get(by)
+        if compiled is None:
+            compiled = _AHEAD_SQL[by] = (
+                str(_AHEAD[by].compile(dialect=conn.dialect)),
+                [c.type.result_processor(conn.dialect, None)
+                 for c in _AHEAD[by].selected_columns])
+        sql, processors = compiled
+        try:
+            with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+                cursor.execute(sql, params)
+                return [tuple(value if process is None else process(value)
+                              for process, value in zip(processors, row, strict=True))
+                        for row in cursor.fetchall()]
+        except psycopg.Error:
+            log.debug("read-ahead through the driver failed; again through SQLAlchemy",
+                      exc_info=True)
+    return conn.execute(_AHEAD[by], params).all()
+
+
 def read_ahead(session: Session, resource_type: str, rid: str,
                token: tuple[Literal["hash", "id"], str] | None) -> None:
     """Fetch in one statement what a read of ``resource_type/rid`` will look up: the caller's
@@ -227,10 +263,7 @@ def read_ahead(session: Session, resource_type: str, rid: str,
     lookups (:mod:`careplane.platform.db`'s ``remember``). On PostgreSQL this makes an
     authenticated read one round trip instead of three. Nothing is decided here."""
     by, key = token if token is not None else (None, "")
-    # Core rows through the session's connection: the ORM's execute costs more than the
-    # lookup on this path, and nothing here is an ORM entity.
-    rows = session.connection().execute(
-        _AHEAD[by], {"rtype": resource_type, "rid": rid, "key": key}).all()
+    rows = _ahead_rows(session, by, {"rtype": resource_type, "rid": rid, "key": key})
     if token is not None:
         if not rows:  # no such token: the read ends in a 401, nothing else is needed
             remember_token(session, token[0], key, None)
