@@ -189,7 +189,9 @@ def current_row(session: Session, resource_type: str, rid: str, *,
         ahead = recall(session, ("current", resource_type, rid))
         if ahead is not MISSING:
             return ahead
-    return session.execute(_CURRENT_LOCKED if lock else _CURRENT,
+        rows = _driver_rows(session, _CURRENT, {"rtype": resource_type, "rid": rid})
+        return _Current(*rows[0]) if rows else None
+    return session.execute(_CURRENT_LOCKED,
                            {"rtype": resource_type, "rid": rid}).first()
 
 
@@ -223,25 +225,24 @@ _AHEAD = {by: _ahead_query(by) for by in ("hash", "id", None)}
 _WIDTH = len(_CURRENT_COLUMNS)
 
 
-_AHEAD_SQL: dict[str | None, tuple[str, list[Callable[[Any], Any] | None]]] = {}
+_DRIVER_SQL: dict[Select[Any], tuple[str, list[Callable[[Any], Any] | None]]] = {}
 
 
-def _ahead_rows(session: Session, by: Literal["hash", "id"] | None, params: dict[str, str]
-                ) -> Sequence[Sequence[Any]]:
-    """The rows of the read-ahead statement. On PostgreSQL they come straight from the
-    driver's cursor, through the result processors SQLAlchemy would apply (here: the UTC
-    timestamps), which takes about a third off the statement's cost: SQLAlchemy's result
-    handling of its 37 columns costs more than the lookup. A driver error re-runs the
-    statement through SQLAlchemy, which raises it the usual way (a lost connection
-    invalidates the pool and answers 503)."""
+def _driver_rows(session: Session, stmt: Select[Any], params: dict[str, str]
+                 ) -> Sequence[Sequence[Any]]:
+    """The rows of one of the read path's built-once statements (:data:`_CURRENT`,
+    :data:`_AHEAD`). On PostgreSQL they come straight from the driver's cursor, through the
+    result processors SQLAlchemy would apply (here: the UTC timestamps): SQLAlchemy's result
+    handling costs more than the lookup itself, a third of a read's statement. A driver error
+    re-runs the statement through SQLAlchemy, which raises it the usual way (a lost
+    connection invalidates the pool and answers 503)."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        compiled = _AHEAD_SQL.get(by)
+        compiled = _DRIVER_SQL.get(stmt)
         if compiled is None:
-            compiled = _AHEAD_SQL[by] = (
-                str(_AHEAD[by].compile(dialect=conn.dialect)),
-                [c.type.result_processor(conn.dialect, None)
-                 for c in _AHEAD[by].selected_columns])
+            compiled = _DRIVER_SQL[stmt] = (
+                str(stmt.compile(dialect=conn.dialect)),
+                [c.type.result_processor(conn.dialect, None) for c in stmt.selected_columns])
         sql, processors = compiled
         try:
             with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
@@ -250,9 +251,9 @@ def _ahead_rows(session: Session, by: Literal["hash", "id"] | None, params: dict
                               for process, value in zip(processors, row, strict=True))
                         for row in cursor.fetchall()]
         except psycopg.Error:
-            log.debug("read-ahead through the driver failed; again through SQLAlchemy",
+            log.debug("a read through the driver failed; again through SQLAlchemy",
                       exc_info=True)
-    return conn.execute(_AHEAD[by], params).all()
+    return conn.execute(stmt, params).all()
 
 
 def read_ahead(session: Session, resource_type: str, rid: str,
@@ -263,7 +264,7 @@ def read_ahead(session: Session, resource_type: str, rid: str,
     lookups (:mod:`careplane.platform.db`'s ``remember``). On PostgreSQL this makes an
     authenticated read one round trip instead of three. Nothing is decided here."""
     by, key = token if token is not None else (None, "")
-    rows = _ahead_rows(session, by, {"rtype": resource_type, "rid": rid, "key": key})
+    rows = _driver_rows(session, _AHEAD[by], {"rtype": resource_type, "rid": rid, "key": key})
     if token is not None:
         if not rows:  # no such token: the read ends in a 401, nothing else is needed
             remember_token(session, token[0], key, None)
