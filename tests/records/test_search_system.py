@@ -240,3 +240,96 @@ def test_list_finds_the_resources_a_list_names(fhir: Fhir, other_org: Fhir,
     # functional lists ($current-problems...) are not kept: a clear 400
     r = fhir.get("Condition", params={"_list": "$current-problems"})
     assert r.status_code == 400 and "_list" in r.text
+
+
+FINDINGS = "http://example.org/cs/findings"
+
+
+def _findings(fhir: Fhir, **extra: Any) -> str:
+    """A small is-a hierarchy: disorder > metabolic > diabetes > type-2, and cardiac under
+    disorder by a ``parent`` property rather than by nesting."""
+    return str(fhir.create({
+        "resourceType": "CodeSystem", "url": FINDINGS, "status": "active",
+        "content": "complete", **extra,
+        "concept": [
+            {"code": "disorder", "concept": [
+                {"code": "metabolic", "concept": [
+                    {"code": "diabetes", "concept": [{"code": "type-2"}]}]}]},
+            {"code": "cardiac", "property": [{"code": "parent", "valueCode": "disorder"}]}]})
+        ["id"])
+
+
+def _coded(fhir: Fhir, subject: str, system: str, code: str) -> str:
+    return str(fhir.create({"resourceType": "Condition", "subject": {"reference": subject},
+                            "code": {"coding": [{"system": system, "code": code}]}})["id"])
+
+
+def test_token_below_and_above_follow_a_stored_code_system(fhir: Fhir, other_org: Fhir,
+                                                            chart: dict[str, str]) -> None:
+    _findings(fhir)
+    subject = f"Patient/{chart['pat']}"
+    t2, dm, heart = (_coded(fhir, subject, FINDINGS, c) for c in ("type-2", "diabetes",
+                                                                  "cardiac"))
+    _coded(fhir, subject, "http://example.org/cs/other", "diabetes")  # same code, other system
+    ids = fhir.ids
+    assert set(ids("Condition", {"code:below": f"{FINDINGS}|diabetes"})) == {t2, dm}
+    assert set(ids("Condition", {"code:below": f"{FINDINGS}|disorder"})) == {t2, dm, heart}
+    assert set(ids("Condition", {"code:above": f"{FINDINGS}|type-2"})) == {t2, dm}
+    assert ids("Condition", {"code:above": f"{FINDINGS}|cardiac"}) == [heart]
+    assert ids("Condition", {"code:below": f"{FINDINGS}|type-2"}) == [t2]
+    # OR'd values, and inside a reverse chain
+    assert set(ids("Condition", {"code:below": f"{FINDINGS}|type-2,{FINDINGS}|cardiac"})) \
+        == {t2, heart}
+    assert ids("Patient", {"_has:Condition:subject:code:below": f"{FINDINGS}|metabolic"}) \
+        == [chart["pat"]]
+    # a code without its system, an unknown code system, one of another organisation
+    for who, value, needle in ((fhir, "diabetes", "system|code"),
+                               (fhir, "http://example.org/cs/nope|x", "cs/nope"),
+                               (other_org, f"{FINDINGS}|diabetes", "cs/findings")):
+        r = who.get("Condition", params={"code:below": value})
+        assert r.status_code == 400 and needle in r.text, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_code_system_that_is_not_is_a_is_not_subsumed(fhir: Fhir) -> None:
+    _findings(fhir, hierarchyMeaning="part-of")
+    r = fhir.get("Condition", params={"code:below": f"{FINDINGS}|diabetes"})
+    assert r.status_code == 400 and "part-of" in r.text
+
+
+def test_value_set_filters_on_the_concept_hierarchy(fhir: Fhir,
+                                                    chart: dict[str, str]) -> None:
+    _findings(fhir)
+    subject = f"Patient/{chart['pat']}"
+    t2, dm, heart = (_coded(fhir, subject, FINDINGS, c) for c in ("type-2", "diabetes",
+                                                                  "cardiac"))
+
+    def value_set(name: str, *filters: dict[str, str]) -> str:
+        url = f"http://example.org/vs/{name}"
+        _value_set(fhir, url, compose={"include": [{"system": FINDINGS,
+                                                    "filter": list(filters)}]})
+        return url
+
+    def concept(op: str, value: str) -> dict[str, str]:
+        return {"property": "concept", "op": op, "value": value}
+
+    ids = fhir.ids
+    assert set(ids("Condition", {"code:in": value_set("dm", concept("is-a", "diabetes"))})) \
+        == {t2, dm}
+    assert ids("Condition", {"code:in": value_set("below-dm",
+                                                  concept("descendent-of", "diabetes"))}) \
+        == [t2]
+    assert set(ids("Condition", {"code:in": value_set("not-metabolic",
+                                                      concept("is-not-a", "metabolic"))})) \
+        == {heart}
+    assert set(ids("Condition", {"code:in": value_set("up", concept("generalizes",
+                                                                    "type-2"))})) == {t2, dm}
+    # filters of one include all hold; :not-in takes the same expansion
+    both = value_set("both", concept("is-a", "disorder"), concept("in", "cardiac,type-2"))
+    assert set(ids("Condition", {"code:in": both})) == {t2, heart}
+    assert set(ids("Condition", {"code:not-in": both, "subject": subject})) \
+        == {dm, chart["dm"]}  # the chart's SNOMED-coded condition is not in it either
+    # a filter on another property needs a terminology server: refused by name
+    other = value_set("other", {"property": "STATUS", "op": "=", "value": "active"})
+    r = fhir.get("Condition", params={"code:in": other})
+    assert r.status_code == 400 and "STATUS" in r.text

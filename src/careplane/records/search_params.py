@@ -51,7 +51,8 @@ Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 # The modifiers each parameter type takes here (the FHIR search page defines the full set).
 MODIFIERS: dict[str, frozenset[str]] = {
     "string": frozenset({"exact", "contains", "missing"}),
-    "token": frozenset({"not", "text", "missing", "of-type", "in", "not-in"}),
+    "token": frozenset({"not", "text", "missing", "of-type", "in", "not-in", "above",
+                        "below"}),
     "date": frozenset({"missing"}),
     "number": frozenset({"missing"}),
     "quantity": frozenset({"missing"}),

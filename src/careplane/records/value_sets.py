@@ -8,8 +8,10 @@ one the policy opens to them); anything else is a 400 OperationOutcome naming th
 A ValueSet is expanded from its ``expansion.contains`` (nested entries included) when it has
 one, else from ``compose``: each ``include`` adds its listed ``concept`` codes of its
 ``system``, the whole ``system`` when it lists none, or the codes of the ValueSets it imports
-(``include.valueSet``); ``exclude`` removes listed concepts. Property filters
-(``include.filter``) need a terminology server and are refused by name.
+(``include.valueSet``); ``exclude`` removes listed concepts. An include's ``filter`` on the
+``concept`` property (is-a, descendent-of, generalizes, is-not-a, =, in) is answered from the
+hierarchy of the stored CodeSystem of its system (:mod:`careplane.records.code_systems`);
+filters on other properties need a terminology server and are refused by name.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from careplane.records.code_systems import hierarchy_of, load_code_system
 from careplane.records.errors import FhirError
 from careplane.records.models import INDEX_TABLES, resource, resource_version
-from careplane.records.search_params import Criterion, ValueSetCodes
+from careplane.records.search_params import Criterion, TokenValue, ValueSetCodes
 from careplane.records.search_sql import Scope, live
 from careplane.records.values import cut, parse_reference
 
@@ -82,6 +85,48 @@ def _concepts(part: dict[str, Any]) -> list[tuple[str, str]]:
             if isinstance(system, str) and isinstance(c, dict) and isinstance(c.get("code"), str)]
 
 
+_FILTER_OPS = frozenset({"is-a", "descendent-of", "generalizes", "=", "in", "is-not-a"})
+
+
+def _filtered(session: Session, scope: Scope, ref: str, where: str, part: dict[str, Any]
+              ) -> list[tuple[str | None, str]]:
+    """The codes of an include's ``filter``s (all must hold) on the ``concept`` property,
+    from the hierarchy of the stored CodeSystem (:mod:`careplane.records.code_systems`);
+    other properties need a terminology server and are refused by name."""
+    system = part.get("system")
+    if not isinstance(system, str) or not system:
+        raise _bad(ref, f"{where}.filter needs the include's system")
+    filters: list[tuple[str, str]] = []
+    for j, f in enumerate(part["filter"]):
+        prop, op, value = (f.get(k) for k in ("property", "op", "value")) \
+            if isinstance(f, dict) else (None, None, None)
+        if prop != "concept" or op not in _FILTER_OPS or not isinstance(value, str):
+            raise _bad(ref, f"{where}.filter[{j}] ({prop} {op}) needs a terminology "
+                       "server; careplane filters the concept property with "
+                       f"{', '.join(sorted(_FILTER_OPS))}, from a stored CodeSystem")
+        filters.append((op, value))
+    version = part.get("version")
+    found = hierarchy_of(load_code_system(
+        session, scope, f"{system}|{version}" if isinstance(version, str) else system,
+        why=f"ValueSet {ref!r} {where}.filter"))
+    kept: frozenset[str] | None = None
+    for op, value in filters:
+        if op == "is-a":
+            match = found.below(value)
+        elif op == "descendent-of":
+            match = found.below(value) - {value}
+        elif op == "generalizes":
+            match = found.above(value)
+        elif op == "=":
+            match = frozenset({value})
+        elif op == "in":
+            match = frozenset(v.strip() for v in value.split(",") if v.strip())
+        else:  # is-not-a
+            match = found.codes - found.below(value)
+        kept = match if kept is None else kept & match
+    return [(system, code) for code in sorted(kept or ())]
+
+
 def expand(session: Session, scope: Scope, ref: str, depth: int = 0) -> ValueSetCodes:
     """The codes of the stored ValueSet ``ref`` (see the module docstring)."""
     if depth > _MAX_DEPTH:
@@ -104,8 +149,11 @@ def expand(session: Session, scope: Scope, ref: str, depth: int = 0) -> ValueSet
                 continue
             where = f"compose.include[{i}]"
             if part.get("filter"):
-                raise _bad(ref, f"{where}.filter needs a terminology server, which this "
-                           "server is not; list the concepts or store an expansion")
+                if part.get("concept") or part.get("valueSet"):
+                    raise _bad(ref, f"{where} combines filter with concept or valueSet, "
+                               "which is not supported")
+                codes += _filtered(session, scope, ref, where, part)
+                continue
             imported = part.get("valueSet") or []
             if imported and (part.get("system") or part.get("concept")):
                 raise _bad(ref, f"{where} combines valueSet with system (an intersection), "
@@ -140,10 +188,30 @@ def resolve_value_sets(session: Session, scope: Scope, criteria: list[Criterion]
     return [_resolve(session, scope, c) for c in criteria]
 
 
+def _subsumed(session: Session, scope: Scope, crit: Criterion, value: Any) -> ValueSetCodes:
+    """A token ``:below``/``:above`` value as the codes it stands for (``system|code``)."""
+    modifier = crit.modifier
+    if not isinstance(value, TokenValue) or not value.system or not value.code:
+        raise FhirError.of(400, "invalid", f"{crit.name}:{modifier} takes system|code: the "
+                           "code system says what lies below or above a code")
+    found = hierarchy_of(load_code_system(session, scope, value.system,
+                                          why=f":{modifier}"))
+    codes = found.below(value.code) if modifier == "below" else found.above(value.code)
+    if len(codes) > MAX_CODES:
+        raise FhirError.of(400, "too-costly", f"{value.system}|{value.code} has {len(codes)} "
+                           f"codes {modifier} it; at most {MAX_CODES} are searched")
+    return ValueSetCodes(f"{value.system}|{value.code}",
+                         tuple((value.system, c) for c in sorted(codes)))
+
+
 def _resolve(session: Session, scope: Scope, crit: Criterion) -> Criterion:
     if crit.chains:
         return dataclasses.replace(crit, chains=tuple(
             (t, _resolve(session, scope, inner)) for t, inner in crit.chains))
+    if crit.missing is None and crit.modifier in ("below", "above") and crit.type == "token":
+        # the codes subsumed (or subsuming), searched as :in searches an expansion
+        return dataclasses.replace(crit, modifier="in", values=tuple(
+            _subsumed(session, scope, crit, v) for v in crit.values))
     if crit.modifier not in ("in", "not-in") or crit.missing is not None:
         return crit
     return dataclasses.replace(crit, values=tuple(

@@ -1,0 +1,119 @@
+"""Subsumption from CodeSystems stored on this server: token ``:below``/``:above`` and the
+``is-a`` family of ValueSet filters.
+
+``code:below=http://snomed.info/sct|73211009`` finds resources coded with 73211009 or any
+code beneath it; ``:above`` with it or any code above it. FHIR leaves "beneath" to the code
+system. careplane has no terminology server and fetches nothing, so the hierarchy is the one
+a CodeSystem resource stored here states: nested ``concept.concept`` (the default meaning of
+nesting is is-a) and the ``parent``/``child`` concept properties. The CodeSystem is found by
+its canonical ``url`` among those the caller can search; one that is not there is a 400 that
+says so, as a ValueSet for ``:in`` is (see :mod:`careplane.records.value_sets`).
+
+A CodeSystem whose ``hierarchyMeaning`` is not ``is-a`` (grouped-by, part-of,
+classified-with) does not say that a child is a kind of its parent, so subsumption over it
+is refused by name rather than answered wrongly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from careplane.records.errors import FhirError
+from careplane.records.models import INDEX_TABLES, resource, resource_version
+from careplane.records.search_sql import Scope, live
+from careplane.records.values import cut
+
+__all__ = ["Hierarchy", "hierarchy_of", "load_code_system"]
+
+
+class Hierarchy:
+    """The is-a links of one CodeSystem: each code's parents and children."""
+
+    def __init__(self, links: Iterable[tuple[str, str]], codes: Iterable[str]) -> None:
+        self.codes = frozenset(codes)
+        self.parents: dict[str, set[str]] = {}
+        self.children: dict[str, set[str]] = {}
+        for child, parent in links:
+            self.parents.setdefault(child, set()).add(parent)
+            self.children.setdefault(parent, set()).add(child)
+
+    def _closure(self, code: str, edges: Mapping[str, set[str]]) -> frozenset[str]:
+        seen = {code}
+        todo = [code]
+        while todo:  # a cycle in a malformed CodeSystem ends here too: nothing is seen twice
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return frozenset(seen)
+
+    def below(self, code: str) -> frozenset[str]:
+        """``code`` and every code it subsumes."""
+        return self._closure(code, self.children)
+
+    def above(self, code: str) -> frozenset[str]:
+        """``code`` and every code that subsumes it."""
+        return self._closure(code, self.parents)
+
+
+def _walk(concepts: Any, parent: str | None, links: list[tuple[str, str]], codes: list[str]
+          ) -> None:
+    for concept in concepts if isinstance(concepts, list) else ():
+        if not isinstance(concept, dict) or not isinstance(concept.get("code"), str):
+            continue
+        code = concept["code"]
+        codes.append(code)
+        if parent is not None:
+            links.append((code, parent))
+        for prop in concept.get("property") or ():
+            if not isinstance(prop, dict) or not isinstance(prop.get("valueCode"), str):
+                continue
+            if prop.get("code") == "parent":
+                links.append((code, prop["valueCode"]))
+            elif prop.get("code") == "child":
+                links.append((prop["valueCode"], code))
+        _walk(concept.get("concept"), code, links, codes)
+
+
+def hierarchy_of(code_system: Mapping[str, Any]) -> Hierarchy:
+    """The is-a hierarchy a CodeSystem resource states (see the module docstring)."""
+    meaning = code_system.get("hierarchyMeaning") or "is-a"
+    if meaning != "is-a":
+        raise FhirError.of(400, "not-supported", f"CodeSystem {code_system.get('url')!r} "
+                           f"has hierarchyMeaning {meaning!r}; subsumption needs is-a")
+    links: list[tuple[str, str]] = []
+    codes: list[str] = []
+    _walk(code_system.get("concept"), None, links, codes)
+    return Hierarchy(links, codes)
+
+
+def load_code_system(session: Session, scope: Scope, url: str, *, why: str
+                     ) -> dict[str, Any]:
+    """The stored CodeSystem whose canonical ``url`` is ``url`` (``url|version`` picks a
+    version), among those the caller can search; a 400 naming ``why`` it was needed when
+    there is none or more than one."""
+    canonical, _, version = url.partition("|")
+    r = resource
+    t = INDEX_TABLES["uri"]
+    stmt = (select(resource_version.c.content)
+            .join(r, and_(resource_version.c.resource_pk == r.c.pk,
+                          resource_version.c.version == r.c.version))
+            .where(live(r, "CodeSystem", scope),
+                   r.c.pk.in_(select(t.c.resource_pk).where(
+                       t.c.resource_type == "CodeSystem", t.c.param == "url",
+                       t.c.value == cut(canonical)))))
+    found = [c for c in session.scalars(stmt.limit(50))
+             if isinstance(c, dict) and c.get("url") == canonical
+             and (not version or c.get("version") == version)]
+    if not found:
+        raise FhirError.of(400, "not-found", f"CodeSystem {url!r} is not on this server (or "
+                           f"not visible to you): {why} needs the code system's hierarchy, "
+                           "from a stored CodeSystem")
+    if len(found) > 1:
+        raise FhirError.of(400, "invalid", f"{len(found)} CodeSystems have the url {url!r}; "
+                           "add |version")
+    return found[0]
