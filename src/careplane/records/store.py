@@ -233,11 +233,13 @@ def _driver_rows(session: Session, stmt: Select[Any], params: dict[str, str]
     """The rows of one of the read path's built-once statements (:data:`_CURRENT`,
     :data:`_AHEAD`). On PostgreSQL they come straight from the driver's cursor, through the
     result processors SQLAlchemy would apply (here: the UTC timestamps): SQLAlchemy's result
-    handling costs more than the lookup itself, a third of a read's statement. A driver error
-    re-runs the statement through SQLAlchemy, which raises it the usual way (a lost
+    handling costs more than the lookup itself, a third of a read's statement. Only in a read
+    session (autocommit), where a failed statement leaves no transaction behind: a driver
+    error re-runs the statement through SQLAlchemy, which raises it the usual way (a lost
     connection invalidates the pool and answers 503)."""
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and \
+            conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         compiled = _DRIVER_SQL.get(stmt)
         if compiled is None:
             compiled = _DRIVER_SQL[stmt] = (
