@@ -177,8 +177,9 @@ def in_process(ctx: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
 
         def read() -> None:
             with db.read_session() as session:
-                store.read_ahead(session, "Observation", ctx["obs"],
-                                 token_key(credentials, session))
+                key = token_key(credentials, session)
+                assert key is not None
+                store.read_ahead(session, "Observation", ctx["obs"], key)
                 who = principal_of(plat, credentials, session=session)
                 store.read(session, who, "Observation", ctx["obs"])
         return read
@@ -240,8 +241,9 @@ def bench_app(plat: Platform) -> FastAPI:
     @app.get("/secured/{rid}")
     def secured(rid: str, credentials: CredentialsDep, platform: PlatformDep) -> Response:
         with platform.read_session() as session:
-            if credentials is not None:
-                store.read_ahead(session, "Observation", rid, token_key(credentials, session))
+            key = token_key(credentials, session)
+            if key is not None:
+                store.read_ahead(session, "Observation", rid, key)
             principal = principal_of(platform, credentials, session=session)
             stored = store.read(session, principal, "Observation", rid)
         return Response(orjson.dumps(stored.content), media_type="application/fhir+json")

@@ -493,8 +493,9 @@ def read(rtype: str, rid: str, request: Request, platform: PlatformDep,
     # in one statement (store.read_ahead), in autocommit (no BEGIN/COMMIT); the access is
     # audited through the queued writer.
     with platform.read_session() as session:
-        if credentials is not None:
-            store.read_ahead(session, rtype, rid, token_key(credentials, session))
+        key = token_key(credentials, session)
+        if key is not None:  # a token row to find (not an external provider's, nor a bad JWT)
+            store.read_ahead(session, rtype, rid, key)
         principal = principal_of(platform, credentials, session=session)
         known_type(rtype)
         stored = store.read(session, principal, rtype, rid)

@@ -209,19 +209,17 @@ class _Current(NamedTuple):
     content: dict[str, Any]
 
 
-def _ahead_query(by: Literal["hash", "id"] | None) -> Select[Any]:
-    current = _CURRENT.subquery("cur")
-    if by is None:
-        joined, rule_cols = with_rules(current, current.c.patient_id, current.c.org_id)
-        return select(*current.c, *rule_cols).select_from(joined)
+def _ahead_query(by: Literal["hash", "id"]) -> Select[Any]:
     token = token_query(by).subquery("tok")
+    current = _CURRENT.subquery("cur")
     joined, rule_cols = with_rules(token.outerjoin(current, true()), current.c.patient_id,
                                    current.c.org_id)
     return select(*token.c, *current.c, *rule_cols).select_from(joined)
 
 
-# Built once, as _CURRENT: one per way of finding the token, and one without a token.
-_AHEAD = {by: _ahead_query(by) for by in ("hash", "id", None)}
+# Built once, as _CURRENT: one per way of finding the token. No token row, no rows at all:
+# nothing of the resource is fetched for a token that is not there.
+_AHEAD = {by: _ahead_query(by) for by in ("hash", "id")}
 _WIDTH = len(_CURRENT_COLUMNS)
 
 
@@ -259,21 +257,20 @@ def _driver_rows(session: Session, stmt: Select[Any], params: dict[str, str]
 
 
 def read_ahead(session: Session, resource_type: str, rid: str,
-               token: tuple[Literal["hash", "id"], str] | None) -> None:
+               token: tuple[Literal["hash", "id"], str]) -> None:
     """Fetch in one statement what a read of ``resource_type/rid`` will look up: the caller's
     token row (``token``, from :func:`security.deps.token_key`), the resource's current row
     and its patient's consent provisions, and leave them in the read session for those
     lookups (:mod:`careplane.platform.db`'s ``remember``). On PostgreSQL this makes an
     authenticated read one round trip instead of three. Nothing is decided here."""
-    by, key = token if token is not None else (None, "")
+    by, key = token
     rows = _driver_rows(session, _AHEAD[by], {"rtype": resource_type, "rid": rid, "key": key})
-    if token is not None:
-        if not rows:  # no such token: the read ends in a 401, nothing else is needed
-            remember_token(session, token[0], key, None)
-            return
-        remember_token(session, token[0], key, holder_of(rows[0]))
-    at = TOKEN_COLUMNS if token is not None else 0
-    if not rows or rows[0][at] is None:  # the resource does not exist
+    if not rows:  # no such token: the read ends in a 401, nothing else is needed
+        remember_token(session, by, key, None)
+        return
+    remember_token(session, by, key, holder_of(rows[0]))
+    at = TOKEN_COLUMNS
+    if rows[0][at] is None:  # the resource does not exist
         remember(session, ("current", resource_type, rid), None)
         return
     current = _Current(*rows[0][at:at + _WIDTH])
