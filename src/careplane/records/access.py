@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from careplane.platform.db import utcnow
 from careplane.records.errors import FhirError
 from careplane.security import Principal, Role
-from careplane.security.consent import ConsentProvision, rules_for
+from careplane.security.consent import RULE_COLUMNS, ConsentProvision, rule_of, rules_for
 from careplane.security.grants import grants_for
 from careplane.security.guard import authorize
 from careplane.security.policy import (
@@ -214,13 +214,8 @@ def _records_kind(kind: str) -> bool:
     return kind in ("*", "records:*") or kind.startswith("records:")
 
 
-_RULE_COLUMNS = (ConsentProvision.id, ConsentProvision.consent_id, ConsentProvision.org_id,
-                 ConsentProvision.patient_id, ConsentProvision.decision,
-                 ConsentProvision.parent_id, ConsentProvision.depth,
-                 ConsentProvision.actor_user_ids, ConsentProvision.actor_org_ids,
-                 ConsentProvision.actor_roles, ConsentProvision.purposes,
-                 ConsentProvision.data_classes, ConsentProvision.actions,
-                 ConsentProvision.start, ConsentProvision.end)
+# a provision's rule (consent.rule_of reads the first columns) and its organisation
+_RULE_COLUMNS = (*RULE_COLUMNS, ConsentProvision.org_id)
 
 
 def _names(column: Any, value: str) -> ColumnElement[bool]:
@@ -251,15 +246,6 @@ def _own_rules(principal: Principal) -> Select[*tuple[Any, ...]]:
                                         p.patient_id.in_(denying))
 
 
-def _rule(r: Any) -> ConsentRule:
-    return ConsentRule(
-        id=r.id, consent_id=r.consent_id, patient_id=r.patient_id, decision=r.decision,
-        parent_id=r.parent_id, depth=r.depth, actor_user_ids=frozenset(r.actor_user_ids),
-        actor_org_ids=frozenset(r.actor_org_ids), actor_roles=frozenset(r.actor_roles),
-        purposes=frozenset(r.purposes), data_classes=frozenset(r.data_classes),
-        actions=frozenset(Action(a) for a in r.actions), start=r.start, end=r.end)
-
-
 def reach_of(session: Session, principal: Principal, *, other_orgs: bool = True) -> Reach:
     """What the policy lets ``principal`` search: the consents that narrow their own
     organisation and (``other_orgs``) the grants and consents that open other organisations'.
@@ -275,7 +261,7 @@ def reach_of(session: Session, principal: Principal, *, other_orgs: bool = True)
     patient_only = principal.patient_id is not None or Role.patient in principal.roles
     if not other_orgs or patient_only:
         for row in session.execute(_own_rules(principal)):
-            own.setdefault(row.patient_id, []).append(_rule(row))
+            own.setdefault(row.patient_id, []).append(rule_of(row))
         return Reach(principal, own={k: tuple(v) for k, v in own.items()})
     grants = tuple(g for g in grants_for(session, principal, None)
                    if g.grantor_org_id != principal.org_id and not g.deidentified_only
@@ -296,7 +282,7 @@ def reach_of(session: Session, principal: Principal, *, other_orgs: bool = True)
                .limit(_MAX_OPENINGS).subquery())
     for row in session.execute(union_all(select(*permits.c), _own_rules(principal))):
         if row.org_id == principal.org_id:
-            own.setdefault(row.patient_id, []).append(_rule(row))
+            own.setdefault(row.patient_id, []).append(rule_of(row))
         elif principal.org_id in row.actor_org_ids or (
                 principal.user_id and principal.user_id in row.actor_user_ids):
             patients[(row.org_id, row.patient_id)] = None

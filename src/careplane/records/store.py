@@ -57,7 +57,7 @@ from careplane.records.models import (
 from careplane.records.validation import check_id, validate_resource
 from careplane.records.values import format_instant
 from careplane.security import Principal
-from careplane.security.consent import remember_rules, rule_of, with_rules
+from careplane.security.consent import RULE_COLUMNS, remember_rules, rule_of, with_rules
 from careplane.security.identity import TOKEN_COLUMNS, holder_of, remember_token, token_query
 
 log = logging.getLogger(__name__)
@@ -212,9 +212,9 @@ class _Current(NamedTuple):
 def _ahead_query(by: Literal["hash", "id"]) -> Select[Any]:
     token = token_query(by).subquery("tok")
     current = _CURRENT.subquery("cur")
-    joined, rule_cols = with_rules(token.outerjoin(current, true()), current.c.patient_id,
-                                   current.c.org_id)
-    return select(*token.c, *current.c, *rule_cols).select_from(joined)
+    joined = with_rules(token.outerjoin(current, true()), current.c.patient_id,
+                        current.c.org_id)
+    return select(*token.c, *current.c, *RULE_COLUMNS).select_from(joined)
 
 
 # Built once, as _CURRENT: one per way of finding the token. No token row, no rows at all:

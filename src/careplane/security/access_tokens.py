@@ -29,8 +29,8 @@ from careplane.security.models import AuthToken, User
 from careplane.security.oauth_models import UserPatient
 
 __all__ = ["ACCESS_TOKEN_LIFETIME", "IssuedAccessToken", "TokenRejected", "access_token_id",
-           "is_jwt",
-           "issue_access_token", "issue_id_token", "linked_patient", "resolve_access_token"]
+           "is_jwt", "issue_access_token", "issue_id_token", "linked_patient",
+           "resolve_access_token"]
 
 ACCESS_TOKEN_LIFETIME = timedelta(hours=1)
 ID_TOKEN_LIFETIME = timedelta(hours=1)

@@ -59,7 +59,7 @@ from careplane.security.actions import Action
 from careplane.security.models import Organisation, User
 from careplane.security.policy import ConsentRule
 
-__all__ = ["ConsentDirective", "ConsentError", "ConsentProvision", "Provision",
+__all__ = ["RULE_COLUMNS", "ConsentDirective", "ConsentError", "ConsentProvision", "Provision",
            "deactivate_consent", "from_fhir", "list_consents", "record_consent",
            "remember_rules", "rule_of", "rules_for", "sync_fhir", "with_rules"]
 
@@ -229,7 +229,8 @@ def list_consents(session: Session, org_id: str, patient_id: str | None = None
     return list(session.scalars(query.order_by(ConsentDirective.updated_at.desc()).limit(500)))
 
 
-_RULE_COLUMNS = (ConsentProvision.id, ConsentProvision.consent_id, ConsentProvision.patient_id,
+#: What a :class:`ConsentRule` is read from (:func:`rule_of`), in this order.
+RULE_COLUMNS = (ConsentProvision.id, ConsentProvision.consent_id, ConsentProvision.patient_id,
                  ConsentProvision.decision, ConsentProvision.parent_id, ConsentProvision.depth,
                  ConsentProvision.actor_user_ids, ConsentProvision.actor_org_ids,
                  ConsentProvision.actor_roles, ConsentProvision.purposes,
@@ -239,7 +240,7 @@ _RULE_COLUMNS = (ConsentProvision.id, ConsentProvision.consent_id, ConsentProvis
 
 def _rules_query(*, by_org: bool) -> Executable:
     p = ConsentProvision
-    query = select(*_RULE_COLUMNS).where(p.patient_id == bindparam("patient"))
+    query = select(*RULE_COLUMNS).where(p.patient_id == bindparam("patient"))
     return query.where(p.org_id == bindparam("org")) if by_org else query
 
 
@@ -248,18 +249,17 @@ _RULES = {True: _rules_query(by_org=True), False: _rules_query(by_org=False)}
 
 
 def with_rules(left: FromClause, patient_id: ColumnElement[Any], org_id: ColumnElement[Any]
-               ) -> tuple[FromClause, tuple[Any, ...]]:
+               ) -> FromClause:
     """``left`` outer-joined to the enforced provisions of the patient ``patient_id`` in
-    ``org_id`` (columns of ``left``), and the columns :func:`rule_of` reads: for a statement
-    that fetches a patient's rules together with rows of its own."""
-    joined = left.outerjoin(ConsentProvision.__table__,
-                            (ConsentProvision.patient_id == patient_id)
-                            & (ConsentProvision.org_id == org_id))
-    return joined, _RULE_COLUMNS
+    ``org_id`` (columns of ``left``), whose :data:`RULE_COLUMNS` :func:`rule_of` reads: for
+    a statement that fetches a patient's rules together with rows of its own."""
+    return left.outerjoin(ConsentProvision.__table__,
+                          (ConsentProvision.patient_id == patient_id)
+                          & (ConsentProvision.org_id == org_id))
 
 
 def rule_of(r: Sequence[Any]) -> ConsentRule:
-    """The :class:`ConsentRule` of one row of :func:`rule_columns`."""
+    """The :class:`ConsentRule` of a row whose first columns are :data:`RULE_COLUMNS`."""
     return ConsentRule(
         id=r[0], consent_id=r[1], patient_id=r[2], decision=r[3], parent_id=r[4], depth=r[5],
         actor_user_ids=frozenset(r[6]), actor_org_ids=frozenset(r[7]),
