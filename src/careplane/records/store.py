@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 import orjson
-import psycopg
 from sqlalchemy import (
     JSON,
     Row,
@@ -43,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import FromClause
 
-from careplane.platform.db import MISSING, new_id, recall, remember, utcnow
+from careplane.platform.db import MISSING, driver_rows, new_id, recall, remember, utcnow
 from careplane.platform.events import CHANNEL, EventRecord, mark_published, publish
 from careplane.records.access import Action, check, target
 from careplane.records.errors import FhirError
@@ -59,8 +57,6 @@ from careplane.records.values import format_instant
 from careplane.security import Principal
 from careplane.security.consent import RULE_COLUMNS, remember_rules, rule_of, with_rules
 from careplane.security.identity import TOKEN_COLUMNS, holder_of, remember_token, token_query
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "WRITE_HOOKS",
@@ -189,14 +185,14 @@ def current_row(session: Session, resource_type: str, rid: str, *,
         ahead = recall(session, ("current", resource_type, rid))
         if ahead is not MISSING:
             return ahead
-        rows = _driver_rows(session, _CURRENT, {"rtype": resource_type, "rid": rid})
+        rows = driver_rows(session, _CURRENT, {"rtype": resource_type, "rid": rid})
         return _Current(*rows[0]) if rows else None
     return session.execute(_CURRENT_LOCKED,
                            {"rtype": resource_type, "rid": rid}).first()
 
 
 class _Current(NamedTuple):
-    """A current row read ahead (the columns of :data:`_CURRENT_COLUMNS`)."""
+    """A current row as the read path gives it (the columns of :data:`_CURRENT_COLUMNS`)."""
 
     pk: int
     resource_type: str
@@ -223,39 +219,6 @@ _AHEAD = {by: _ahead_query(by) for by in ("hash", "id")}
 _WIDTH = len(_CURRENT_COLUMNS)
 
 
-_DRIVER_SQL: dict[Select[Any], tuple[str, list[Callable[[Any], Any] | None]]] = {}
-
-
-def _driver_rows(session: Session, stmt: Select[Any], params: dict[str, str]
-                 ) -> Sequence[Sequence[Any]]:
-    """The rows of one of the read path's built-once statements (:data:`_CURRENT`,
-    :data:`_AHEAD`). On PostgreSQL they come straight from the driver's cursor, through the
-    result processors SQLAlchemy would apply (here: the UTC timestamps): SQLAlchemy's result
-    handling costs more than the lookup itself, a third of a read's statement. Only in a read
-    session (autocommit), where a failed statement leaves no transaction behind: a driver
-    error re-runs the statement through SQLAlchemy, which raises it the usual way (a lost
-    connection invalidates the pool and answers 503)."""
-    conn = session.connection()
-    if conn.dialect.name == "postgresql" and \
-            conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-        compiled = _DRIVER_SQL.get(stmt)
-        if compiled is None:
-            compiled = _DRIVER_SQL[stmt] = (
-                str(stmt.compile(dialect=conn.dialect)),
-                [c.type.result_processor(conn.dialect, None) for c in stmt.selected_columns])
-        sql, processors = compiled
-        try:
-            with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
-                cursor.execute(sql, params)
-                return [tuple(value if process is None else process(value)
-                              for process, value in zip(processors, row, strict=True))
-                        for row in cursor.fetchall()]
-        except psycopg.Error:
-            log.debug("a read through the driver failed; again through SQLAlchemy",
-                      exc_info=True)
-    return conn.execute(stmt, params).all()
-
-
 def read_ahead(session: Session, resource_type: str, rid: str,
                token: tuple[Literal["hash", "id"], str]) -> None:
     """Fetch in one statement what a read of ``resource_type/rid`` will look up: the caller's
@@ -264,7 +227,7 @@ def read_ahead(session: Session, resource_type: str, rid: str,
     lookups (:mod:`careplane.platform.db`'s ``remember``). On PostgreSQL this makes an
     authenticated read one round trip instead of three. Nothing is decided here."""
     by, key = token
-    rows = _driver_rows(session, _AHEAD[by], {"rtype": resource_type, "rid": rid, "key": key})
+    rows = driver_rows(session, _AHEAD[by], {"rtype": resource_type, "rid": rid, "key": key})
     if not rows:  # no such token: the read ends in a 401, nothing else is needed
         remember_token(session, by, key, None)
         return

@@ -1,6 +1,7 @@
 """Database access: one :class:`Database` per process, SQLite or PostgreSQL behind SQLAlchemy 2."""
 
 from careplane.platform.db._ahead import MISSING, recall, remember
+from careplane.platform.db._driver import driver_rows
 from careplane.platform.db._engine import Database, DatabaseUnavailable
 from careplane.platform.db._migrate import MigrationRequired, migrate, needs_migration
 from careplane.platform.db._types import JSONType, UTCDateTime, new_id, utcnow
@@ -14,6 +15,7 @@ __all__ = [
     "JSONType",
     "MigrationRequired",
     "UTCDateTime",
+    "driver_rows",
     "migrate",
     "needs_migration",
     "new_id",
