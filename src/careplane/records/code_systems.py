@@ -27,7 +27,7 @@ from careplane.records.models import INDEX_TABLES, resource, resource_version
 from careplane.records.search_sql import Scope, live
 from careplane.records.values import cut
 
-__all__ = ["Hierarchy", "hierarchy_of", "load_code_system"]
+__all__ = ["Hierarchy", "hierarchy_of", "load_code_system", "stored"]
 
 
 class Hierarchy:
@@ -91,24 +91,34 @@ def hierarchy_of(code_system: Mapping[str, Any]) -> Hierarchy:
     return Hierarchy(links, codes)
 
 
+def stored(session: Session, scope: Scope, resource_type: str, *, rid: str | None = None,
+           url: str = "", version: str = "") -> list[dict[str, Any]]:
+    """The current content of the ``resource_type`` resources the caller can search that
+    have the id ``rid``, or else the canonical ``url`` (and ``version``, when given): what
+    a stored ValueSet or CodeSystem is found by. At most 50."""
+    r = resource
+    stmt = (select(resource_version.c.content)
+            .join(r, and_(resource_version.c.resource_pk == r.c.pk,
+                          resource_version.c.version == r.c.version))
+            .where(live(r, resource_type, scope)))
+    if rid is not None:
+        stmt = stmt.where(r.c.id == rid)
+    else:
+        t = INDEX_TABLES["uri"]
+        stmt = stmt.where(r.c.pk.in_(select(t.c.resource_pk).where(
+            t.c.resource_type == resource_type, t.c.param == "url", t.c.value == cut(url))))
+    return [c for c in session.scalars(stmt.limit(50))
+            if isinstance(c, dict) and (rid is not None or c.get("url") == url)
+            and (not version or c.get("version") == version)]
+
+
 def load_code_system(session: Session, scope: Scope, url: str, *, why: str
                      ) -> dict[str, Any]:
     """The stored CodeSystem whose canonical ``url`` is ``url`` (``url|version`` picks a
     version), among those the caller can search; a 400 naming ``why`` it was needed when
     there is none or more than one."""
     canonical, _, version = url.partition("|")
-    r = resource
-    t = INDEX_TABLES["uri"]
-    stmt = (select(resource_version.c.content)
-            .join(r, and_(resource_version.c.resource_pk == r.c.pk,
-                          resource_version.c.version == r.c.version))
-            .where(live(r, "CodeSystem", scope),
-                   r.c.pk.in_(select(t.c.resource_pk).where(
-                       t.c.resource_type == "CodeSystem", t.c.param == "url",
-                       t.c.value == cut(canonical)))))
-    found = [c for c in session.scalars(stmt.limit(50))
-             if isinstance(c, dict) and c.get("url") == canonical
-             and (not version or c.get("version") == version)]
+    found = stored(session, scope, "CodeSystem", url=canonical, version=version)
     if not found:
         raise FhirError.of(400, "not-found", f"CodeSystem {url!r} is not on this server (or "
                            f"not visible to you): {why} needs the code system's hierarchy, "

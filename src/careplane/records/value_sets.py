@@ -19,15 +19,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from careplane.records.code_systems import hierarchy_of, load_code_system
+from careplane.records.code_systems import hierarchy_of, load_code_system, stored
 from careplane.records.errors import FhirError
-from careplane.records.models import INDEX_TABLES, resource, resource_version
 from careplane.records.search_params import Criterion, TokenValue, ValueSetCodes
-from careplane.records.search_sql import Scope, live
-from careplane.records.values import cut, parse_reference
+from careplane.records.search_sql import Scope
+from careplane.records.values import parse_reference
 
 __all__ = ["MAX_CODES", "expand", "resolve_value_sets"]
 
@@ -42,23 +40,13 @@ def _bad(ref: str, message: str) -> FhirError:
 
 def _load(session: Session, scope: Scope, ref: str) -> dict[str, Any]:
     """The ValueSet resource ``ref`` names (canonical url[|version] or literal reference)."""
-    r = resource
-    stmt = (select(resource_version.c.content)
-            .join(r, and_(resource_version.c.resource_pk == r.c.pk,
-                          resource_version.c.version == r.c.version))
-            .where(live(r, "ValueSet", scope)))
     local = scope.base and ref.startswith(scope.base.rstrip("/") + "/ValueSet/")
     literal = parse_reference(ref) if (local or ref.startswith("ValueSet/")) else None
-    version = None
     if literal is not None and literal.type == "ValueSet" and literal.id:
-        stmt = stmt.where(r.c.id == literal.id)
+        found = stored(session, scope, "ValueSet", rid=literal.id)
     else:
         url, _, version = ref.partition("|")
-        t = INDEX_TABLES["uri"]
-        stmt = stmt.where(r.c.pk.in_(select(t.c.resource_pk).where(
-            t.c.resource_type == "ValueSet", t.c.param == "url", t.c.value == cut(url))))
-    found = [c for c in session.scalars(stmt.limit(50))
-             if isinstance(c, dict) and (not version or c.get("version") == version)]
+        found = stored(session, scope, "ValueSet", url=url, version=version)
     if not found:
         raise FhirError.of(400, "not-found", f"ValueSet {ref!r} is not on this server "
                            "(or not visible to you): :in and :not-in need a stored ValueSet")
