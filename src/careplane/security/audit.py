@@ -3,11 +3,18 @@
 Each record's hash covers its content and the previous record's hash, so editing or deleting any
 record breaks every later link, which :func:`verify` reports.
 
-Two ways in, one chain:
+Three ways in, one chain:
 
-* :func:`record` appends in the caller's transaction. Every change (create, update, delete,
-  export, execute, a review) and every refusal is recorded this way: if the change fails, so
-  does its audit record, and the other way round.
+* :func:`record` appends in the caller's transaction, at once. A refusal and a review are
+  recorded this way: if the transaction fails, so does its audit record, and the other way
+  round.
+* :func:`record_at_commit` is for changes (create, update, delete, export, execute): the
+  record is part of the caller's transaction too, but it is chained on as that transaction
+  commits. Appending takes the chain's lock, which is held until the commit ends; appended
+  when the change is decided, it would be held while the change is written, and two clients
+  writing at once (two transaction bundles) would take turns for their whole length instead
+  of for their commits. A savepoint rolled back drops what was recorded in it, and a
+  transaction rolled back drops everything it recorded.
 * :func:`record_after_commit` is for read-only access (read, search — FHIR read/vread/search/
   history, DICOMweb and genomics reads). Such an access changes nothing, so its record need
   not cost the request a durable commit of its own: once the request's transaction commits,
@@ -67,8 +74,8 @@ from careplane.security._principal import Principal
 from careplane.security.policy import Decision, Target
 
 __all__ = ["AuditRecord", "AuditUnavailable", "AuditWriter", "Outcome", "VerifyResult",
-           "close_writer", "flush", "flush_all", "record", "record_after_commit", "verify",
-           "writer_for"]
+           "close_writer", "flush", "flush_all", "record", "record_after_commit",
+           "record_at_commit", "verify", "writer_for"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +169,66 @@ def record(session: Session, principal: Principal | None, action: str, target: T
     row = AuditRecord(**_values(principal, action, target, outcome, decision, source, detail))
     _append(session, [row])
     return row
+
+
+# -- changes: chained on as their transaction commits ---------------------------------------
+
+_AT_COMMIT = "careplane.audit.at_commit"
+
+
+def record_at_commit(session: Session, principal: Principal | None, action: str,
+                     target: Target, *, outcome: Outcome = Outcome.success,
+                     decision: Decision | None = None, source: str | None = None,
+                     detail: dict[str, Any] | None = None) -> None:
+    """Record a change in the caller's transaction, chained on as it commits (module doc)."""
+    _queue_at_commit(session, [_values(principal, action, target, outcome, decision, source,
+                                       detail)])
+
+
+def _queue_at_commit(session: Session, rows: list[dict[str, Any]]) -> None:
+    # Each record remembers the savepoint it was made in, if any, so that rolling that
+    # savepoint back can drop it. Its transaction is begun now if it has not been, so that
+    # whatever ends that transaction ends the record with it.
+    session.connection()
+    where = session.get_nested_transaction()
+    session.info.setdefault(_AT_COMMIT, []).extend((where, values) for values in rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _append_at_commit(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: its records wait for the end
+        return
+    queued = session.info.pop(_AT_COMMIT, None)
+    if queued:
+        _append(session, [AuditRecord(**values) for _, values in queued])
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    queued = session.info.get(_AT_COMMIT)
+    if not queued:
+        return
+    if not previous.nested:
+        session.info.pop(_AT_COMMIT, None)
+        return
+    session.info[_AT_COMMIT] = [(where, values) for where, values in queued
+                                if not _inside(where, previous)]
+
+
+def _inside(transaction: SessionTransaction | None, savepoint: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is savepoint:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_unappended(session: Session, transaction: SessionTransaction) -> None:
+    # A transaction closed without a commit (or ended by an error) leaves nothing behind for
+    # the session's next one.
+    if transaction.parent is None:
+        session.info.pop(_AT_COMMIT, None)
 
 
 # -- read-only access: recorded after the request's commit, group-committed ----------------

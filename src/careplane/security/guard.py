@@ -5,10 +5,10 @@ provisions when a patient is touched, the live grants when the data belongs to a
 organisation (or a researcher reaches identifiable domains) — so the common case (own
 organisation, no patient) costs no query at all beyond the audit record.
 
-A change's audit record is written in the caller's transaction; a read-only access's (read,
-search) is queued when that transaction commits and group-committed moments later by the
-audit writer (:mod:`careplane.security.audit` states the durability window), so that reading
-a record does not cost a durable write of its own.
+A change's audit record is written in the caller's transaction, chained on as it commits; a
+read-only access's (read, search) is queued when that transaction commits and group-committed
+moments later by the audit writer (:mod:`careplane.security.audit` states the durability
+window), so that reading a record does not cost a durable write of its own.
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from careplane.security._principal import Principal, Role
-from careplane.security.audit import AuditRecord, Outcome, flush, record, record_after_commit
-from careplane.security.audit import _append as append_records
+from careplane.security.audit import (
+    Outcome,
+    flush,
+    record,
+    record_after_commit,
+    record_at_commit,
+)
+from careplane.security.audit import _queue_at_commit as queue_at_commit
 from careplane.security.audit import _values as audit_values
 from careplane.security.consent import rules_for
 from careplane.security.grants import grants_for
@@ -81,7 +87,7 @@ def authorize(session: Session, principal: Principal, action: Action, target: Ta
         else:
             _record_refusals(session.get_bind(), [refusal])
         raise HTTPException(status.HTTP_403_FORBIDDEN, decision.reason)
-    append = record_after_commit if action in READS else record
+    append = record_after_commit if action in READS else record_at_commit
     append(session, principal, action.value, target, decision=decision, source=source,
            detail=_detail(decision, principal, detail))
     return decision
@@ -131,8 +137,9 @@ def authorize_all(session: Session, principal: Principal,
 
     Each is decided exactly as ``authorize`` decides it; the facts (consents, grants) of a
     patient are looked up once for all of them. When every one is allowed, the records of
-    the changes are appended together: one chain lock, one look-up of the newest hash and
-    one insert, instead of one of each per access (reads still go after the commit). The
+    the changes are appended together as the transaction commits: one chain lock, one
+    look-up of the newest hash and one insert, instead of one of each per access (reads
+    still go after the commit). The
     first refused is handed to ``authorize``, which records the refusal as it always does,
     and raised as a :class:`Refusal` naming it; the caller's transaction then fails, so none
     of the others' records is kept, as with one ``authorize`` after another.
@@ -158,8 +165,8 @@ def authorize_all(session: Session, principal: Principal,
             record_after_commit(session, principal, action.value, target, decision=decision,
                                 source=source, detail=values)
         else:
-            changes.append(AuditRecord(**audit_values(
-                principal, action.value, target, Outcome.success, decision, source, values)))
+            changes.append(audit_values(principal, action.value, target, Outcome.success,
+                                        decision, source, values))
     if changes:
-        append_records(session, changes)
+        queue_at_commit(session, changes)
     return decisions
