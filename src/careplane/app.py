@@ -149,6 +149,25 @@ class RequestContext:
                                 "ms": round((time.perf_counter() - started) * 1000, 2)})
 
 
+def app_from_environment() -> FastAPI:
+    """The application of one HTTP worker process of ``careplane serve --http-workers N``.
+
+    Each worker is a fresh interpreter: it reads its settings from the environment, which
+    ``serve`` exported (data directory, database), and opens its own connections. The
+    serving process keeps the DICOM listener and the job workers; the database has been
+    migrated before any worker starts.
+    """
+    from careplane.platform.logs import configure_logging
+    from careplane.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    # uvicorn's access line stays off, as in a single process: the application logs each
+    # request by its path alone, and a query string can carry an OAuth code.
+    logging.getLogger("uvicorn.access").propagate = False
+    return create_app(settings)
+
+
 def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     """Build the application. Refuses unsafe settings before anything else happens."""
     settings.check_safe()

@@ -257,9 +257,14 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
     signal.signal(signal.SIGTERM, lambda *_: None)
     # The app logs each request itself, by path only; uvicorn's access line would also log the
     # query string, where OAuth codes and viewer tokens can travel.
+    # More than one HTTP worker: uvicorn starts each as a process of its own, which builds the
+    # application from the exported environment (careplane.app.app_from_environment).
+    served: Any = application if settings.http_workers == 1 \
+        else "careplane.app:app_from_environment"
     try:
-        uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
-                    access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1", **tls)
+        uvicorn.run(served, host=settings.host, port=settings.port, log_config=None,
+                    access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+                    workers=settings.http_workers, factory=settings.http_workers > 1, **tls)
     finally:
         if dimse:
             dimse.stop()
@@ -273,6 +278,9 @@ def serve(host: Annotated[str | None, typer.Option()] = None,
           dicom_port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
           workers: Annotated[int | None, typer.Option(
               "--job-workers", min=0, max=64, help="local job worker processes")] = None,
+          http_workers: Annotated[int | None, typer.Option(
+              "--http-workers", min=1, max=64,
+              help="processes answering HTTP (one per core for a busy server)")] = None,
           tls_cert: Annotated[Path | None, typer.Option(
               help="serve HTTPS with this certificate (PEM, chain included)")] = None,
           tls_key: Annotated[Path | None, typer.Option(
@@ -280,7 +288,7 @@ def serve(host: Annotated[str | None, typer.Option()] = None,
           data_dir: DataDir = None) -> None:
     """Start the server (web UI, FHIR, DICOMweb, GA4GH and the job workers)."""
     settings = settings_from(data_dir, host=host, port=port, dicom_port=dicom_port,
-                             job_workers=workers)
+                             job_workers=workers, http_workers=http_workers)
     run_server(settings, tls_cert=tls_cert, tls_key=tls_key)
 
 

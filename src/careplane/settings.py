@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     job_workers: int = Field(default=2, ge=0, le=64)
+    # Processes answering HTTP: Python runs one request's work on one core at a time, so a
+    # busy server (bundle ingest from several clients) needs one process per core to use them.
+    http_workers: int = Field(default=1, ge=1, le=64)
     job_heartbeat_seconds: float = Field(default=5.0, gt=0)
     job_stale_after_seconds: float = Field(default=30.0, gt=0)
     event_poll_seconds: float = Field(default=0.25, gt=0)

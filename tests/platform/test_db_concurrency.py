@@ -9,12 +9,19 @@ stale. Viewers such as OHIF send dozens of requests in parallel.
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 import httpx
 import orjson
+from sqlalchemy import func, select
 
+from careplane.platform.db import Database
+from careplane.records.models import resource
 from careplane.security import Role
+from careplane.security.audit import AuditRecord, verify
+from careplane.security.identity import revoke_token
+from careplane.security.models import AuthToken
 from tests.conftest import Accounts
 from tests.support.servers import running_server
 
@@ -58,3 +65,84 @@ def test_parallel_reads_and_writes_all_succeed(db_url: str, accounts: Accounts,
             found = client.get("/fhir/Observation", params={"subject": f"Patient/{pid}",
                                                              "_total": "accurate"}).json()
         assert found["total"] == statuses.count(201)
+
+
+def _transaction(family: str, observations: int) -> bytes:
+    patient = f"urn:uuid:{uuid.uuid4()}"
+    entry = [{"fullUrl": patient, "resource": {"resourceType": "Patient",
+                                                "name": [{"family": family}]},
+              "request": {"method": "POST", "url": "Patient"}}]
+    entry += [{"resource": {"resourceType": "Observation", "status": "final",
+                            "code": {"text": "pulse"}, "subject": {"reference": patient},
+                            "valueQuantity": {"value": 60 + i, "unit": "/min"}},
+               "request": {"method": "POST", "url": "Observation"}}
+              for i in range(observations)]
+    return orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entry})
+
+
+def _worker_processes(base: str) -> list[int]:
+    """The processes ``careplane serve`` started to answer HTTP on ``base``'s port."""
+    port = base.rsplit(":", 1)[1]
+    serving = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and f"\0--port\0{port}\0" in _cmdline(p)]
+    assert len(serving) == 1, serving
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            stat = (p / "stat").read_text()
+        except OSError:
+            continue
+        if p.name.isdigit() and stat.rsplit(")", 1)[1].split()[1] == serving[0].name \
+                and "spawn_main" in _cmdline(p):
+            found.append(int(p.name))
+    return found
+
+
+def _cmdline(p: Path) -> str:
+    try:
+        return "\0" + (p / "cmdline").read_text() + "\0"
+    except OSError:
+        return ""
+
+
+def test_several_http_workers_write_at_once_into_one_store(
+        db_url: str, accounts: Accounts, db: Database, tmp_path: Path) -> None:
+    """``--http-workers 2``: two processes answer, transaction bundles from clients at once
+    all commit, the audit chain stays one chain, and a revoked token is refused by both."""
+    account = accounts.make("feeder", Role.clinician)
+    headers = {**account.headers, "Content-Type": "application/fhir+json",
+               "Prefer": "return=minimal"}
+    with running_server(db_url, tmp_path / "data", http_workers=2) as base:
+        assert len(_worker_processes(base)) == 2
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def feed(n: int) -> None:
+            with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
+                for i in range(3):
+                    r = c.post("/fhir", content=_transaction(f"Feed{n}x{i}", 5))
+                    with lock:
+                        statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=feed, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200] * 12
+        with db.session() as session:
+            token_id = session.scalar(select(AuthToken.id).where(
+                AuthToken.user_id == account.user_id))
+            assert token_id is not None
+            revoke_token(session, token_id)
+        refused = {httpx.get(f"{base}/fhir/Patient", headers=headers).status_code
+                   for _ in range(12)}  # a connection each: either worker may answer
+        assert refused == {401}
+    with db.session() as session:
+        assert verify(session).ok
+        changes = session.scalar(select(func.count()).select_from(AuditRecord).where(
+            AuditRecord.actor_name == "feeder", AuditRecord.action == "create"))
+        # one record per bundle for its Patient, one for its five Observations
+        assert changes == 12 * 2
+        stored = session.scalar(select(func.count()).select_from(resource))
+    assert stored == 12 * 6

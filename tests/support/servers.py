@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(db_url: str, data_dir: Path, *, job_workers: int = 0,
+def running_server(db_url: str, data_dir: Path, *, job_workers: int = 0, http_workers: int = 1,
                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Start ``careplane serve`` and yield its base URL once /readyz answers."""
     port = free_port()
@@ -36,7 +36,8 @@ def running_server(db_url: str, data_dir: Path, *, job_workers: int = 0,
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "careplane", "serve", "--port", str(port), "--data-dir",
-             str(data_dir), "--job-workers", str(job_workers)],
+             str(data_dir), "--job-workers", str(job_workers), "--http-workers",
+             str(http_workers)],
             env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
