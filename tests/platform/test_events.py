@@ -106,3 +106,40 @@ def test_late_commit_of_an_earlier_id_is_not_lost(db: Database) -> None:
     assert delivered == [3, 2, 1]
     assert hub._gaps == {}
     assert hub._fetch(0, None, (1, 2)) == []  # and the gap query itself is well-formed
+
+
+def test_with_nobody_subscribed_the_hub_follows_ids_and_a_later_subscriber_misses_nothing(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process with no subscriber keeps its cursor up to date from the ids alone; one who
+    subscribes afterwards with the id it last saw is replayed the rest, payloads included."""
+    loaded: list[int] = []
+    fetch = EventHub._fetch
+
+    def counting_fetch(self: EventHub, *args: object) -> list[Event]:
+        events = fetch(self, *args)
+        loaded.extend(e.id for e in events)
+        return events
+
+    monkeypatch.setattr(EventHub, "_fetch", counting_fetch)
+
+    async def scenario() -> list[Event]:
+        hub = EventHub(db, PollingWakeup(0.02))
+        await hub.start()
+        try:
+            with db.session() as session:
+                seen = publish(session, "records.Observation.changed", {"n": 1})
+                last = [publish(session, "records.Observation.changed", {"n": n})
+                        for n in (2, 3)][-1]
+            deadline = asyncio.get_running_loop().time() + 5
+            while hub._cursor < last:
+                assert asyncio.get_running_loop().time() < deadline, "the cursor stood still"
+                await asyncio.sleep(0.02)
+            assert loaded == []  # no payload was read for nobody
+            async with hub.subscribe("records.", since=seen) as sub:
+                with db.session() as session:
+                    publish(session, "records.Observation.changed", {"n": 4})
+                return [await asyncio.wait_for(sub.queue.get(), 5.0) for _ in range(3)]
+        finally:
+            await hub.close()
+
+    assert [e.payload["n"] for e in asyncio.run(scenario())] == [2, 3, 4]

@@ -41,6 +41,19 @@ def test_tokens_carry_system_code_and_text() -> None:
         [("urn:tags", "vip")]
 
 
+def test_a_concept_text_gets_a_row_of_its_own_only_when_no_display_says_it() -> None:
+    def code_rows(concept: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        obs = {"resourceType": "Observation", "status": "final", "code": concept}
+        return [(r["system"], r["code"], r["text"]) for r in rows(obs, "token", "code")]
+
+    loinc = {"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}
+    assert code_rows({"coding": [loinc], "text": "heart RATE"}) == \
+        [("http://loinc.org", "8867-4", "heart rate")]
+    assert code_rows({"coding": [loinc], "text": "Pulse"}) == \
+        [("http://loinc.org", "8867-4", "heart rate"), (None, None, "pulse")]
+    assert code_rows({"text": "Pulse"}) == [(None, None, "pulse")]
+
+
 def test_dates_become_ranges() -> None:
     (birth,) = rows(PATIENT, "date", "birthdate")
     assert birth["low"] == datetime(1980, 5, 1, tzinfo=UTC)

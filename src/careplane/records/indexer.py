@@ -276,7 +276,12 @@ def _tokens(v: Any, kind: str) -> list[_Token]:
                 _coding(coding, out)
         text = v.get("text")
         if isinstance(text, str):
-            out.append((None, None, fold(text)))
+            # A text that is also a coding's display is found by :text on that coding's row
+            # already; a row of its own would only cost the store (two of an Observation's
+            # fifteen rows, where code.text repeats the display as it usually does).
+            folded = fold(text)
+            if not any(t[2] == folded for t in out):
+                out.append((None, None, folded))
         return out
     if kind == "Coding":
         out = []

@@ -282,12 +282,21 @@ def _time_limit(session: Session, timeout_ms: int) -> None:
     compile them (JIT): a search reads a page, and a plan that stops after it (a walked
     chain) is priced as if it read everything, which made PostgreSQL spend 360 ms compiling
     a 40 ms statement. All three are transaction-local: the pooled connection keeps its own
-    settings afterwards."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT set_config('statement_timeout', :ms, true), "
-                             "set_config('random_page_cost', :cost, true), "
-                             "set_config('jit', 'off', true)"),
-                        {"ms": str(timeout_ms), "cost": str(RANDOM_PAGE_COST)})
+    settings afterwards. Set once per transaction (a transaction bundle's conditional creates
+    search several times in one), or savepoint: rolling one back undoes what was set in it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    done = (session.get_nested_transaction() or session.get_transaction(), timeout_ms)
+    if session.info.get(_LIMITED) == done:
+        return
+    session.execute(text("SELECT set_config('statement_timeout', :ms, true), "
+                         "set_config('random_page_cost', :cost, true), "
+                         "set_config('jit', 'off', true)"),
+                    {"ms": str(timeout_ms), "cost": str(RANDOM_PAGE_COST)})
+    session.info[_LIMITED] = done
+
+
+_LIMITED = "careplane.search.limited"
 
 
 def _estimate(session: Session, r: FromClause, where: list[ColumnElement[bool]]) -> int:

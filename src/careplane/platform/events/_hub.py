@@ -130,19 +130,34 @@ class EventHub:
             rows = session.scalars(query.order_by(EventRecord.id).limit(_BATCH)).all()
             return [Event(r.id, r.topic, r.org_id, r.payload, r.created_at) for r in rows]
 
-    def _deliver(self, event: Event, now: float) -> None:
-        if event.id in self._gaps:
-            del self._gaps[event.id]
-        elif event.id > self._cursor:
+    def _ids(self, after: int, gaps: tuple[int, ...]) -> list[int]:
+        """The ids alone, which is all the cursor and the gaps need while nobody here is
+        subscribed: a busy writer publishes an event per resource, and every process would
+        otherwise load each one's payload only to drop it."""
+        with self._reading, self.db.session() as session:
+            newer = EventRecord.id > after
+            query = select(EventRecord.id).where(newer | EventRecord.id.in_(gaps) if gaps
+                                                 else newer)
+            return list(session.scalars(query.order_by(EventRecord.id).limit(_BATCH)))
+
+    def _advance(self, event_id: int, now: float) -> bool:
+        """Move the cursor past ``event_id``; False if it was seen already."""
+        if event_id in self._gaps:
+            del self._gaps[event_id]
+        elif event_id > self._cursor:
             if len(self._gaps) < _MAX_GAPS:
-                for missing in range(self._cursor + 1, min(event.id, self._cursor + 1000)):
+                for missing in range(self._cursor + 1, min(event_id, self._cursor + 1000)):
                     self._gaps[missing] = now
-            self._cursor = event.id
+            self._cursor = event_id
         else:
-            return
-        for sub in list(self._subscriptions):
-            if sub.wants(event):
-                sub.offer(event)
+            return False
+        return True
+
+    def _deliver(self, event: Event, now: float) -> None:
+        if self._advance(event.id, now):
+            for sub in list(self._subscriptions):
+                if sub.wants(event):
+                    sub.offer(event)
 
     async def _run(self) -> None:
         while True:
@@ -151,6 +166,16 @@ class EventHub:
                 while True:
                     now = time.monotonic()
                     self._gaps = {i: t for i, t in self._gaps.items() if now - t < _GAP_SECONDS}
+                    if not self._subscriptions:
+                        ids = await asyncio.to_thread(self._ids, self._cursor,
+                                                      tuple(self._gaps))
+                        if self._subscriptions:  # one came meanwhile: it needs the events
+                            continue
+                        for event_id in ids:
+                            self._advance(event_id, now)
+                        if len(ids) < _BATCH:
+                            break
+                        continue
                     events = await asyncio.to_thread(
                         self._fetch, self._cursor, None, tuple(self._gaps))
                     for event in events:
