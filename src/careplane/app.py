@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careplane._version import __version__
 from careplane.domains import modules
+from careplane.platform import heap
 from careplane.platform.blobs import BlobStoreFull, BlobTooLarge
 from careplane.platform.context import Platform
 from careplane.platform.db import Database, DatabaseUnavailable, migrate
@@ -165,7 +166,9 @@ def app_from_environment() -> FastAPI:
     # uvicorn's access line stays off, as in a single process: the application logs each
     # request by its path alone, and a query string can carry an OAuth code.
     logging.getLogger("uvicorn.access").propagate = False
-    return create_app(settings)
+    app = create_app(settings)
+    heap.settle()
+    return app
 
 
 def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:

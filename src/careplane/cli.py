@@ -261,6 +261,9 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
     # application from the exported environment (careplane.app.app_from_environment).
     served: Any = application if settings.http_workers == 1 \
         else "careplane.app:app_from_environment"
+    from careplane.platform import heap
+
+    heap.settle()
     try:
         uvicorn.run(served, host=settings.host, port=settings.port, log_config=None,
                     access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
