@@ -329,7 +329,54 @@ def test_value_set_filters_on_the_concept_hierarchy(fhir: Fhir,
     assert set(ids("Condition", {"code:in": both})) == {t2, heart}
     assert set(ids("Condition", {"code:not-in": both, "subject": subject})) \
         == {dm, chart["dm"]}  # the chart's SNOMED-coded condition is not in it either
-    # a filter on another property needs a terminology server: refused by name
-    other = value_set("other", {"property": "STATUS", "op": "=", "value": "active"})
-    r = fhir.get("Condition", params={"code:in": other})
-    assert r.status_code == 400 and "STATUS" in r.text
+    # concept not-in: the code system's codes less those listed
+    assert set(ids("Condition", {"code:in": value_set("not-listed", concept(
+        "not-in", "disorder,metabolic,cardiac,type-2"))})) == {dm}
+    # an operation careplane does not answer is refused by name
+    for name, bad in (("regex", {"property": "concept", "op": "regex", "value": "d.*"}),
+                      ("is-a-status", {"property": "STATUS", "op": "is-a", "value": "x"})):
+        r = fhir.get("Condition", params={"code:in": value_set(name, bad)})
+        assert r.status_code == 400 and bad["op"] in r.text, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_value_set_filters_on_concept_properties(fhir: Fhir, chart: dict[str, str]) -> None:
+    """=, in, not-in and exists on the properties a stored CodeSystem gives its concepts,
+    whatever its hierarchy means."""
+    fhir.create({
+        "resourceType": "CodeSystem", "url": FINDINGS, "status": "active",
+        "content": "complete", "hierarchyMeaning": "grouped-by",
+        "property": [{"code": "STATUS", "type": "code"}, {"code": "chronic", "type": "boolean"},
+                     {"code": "kind", "type": "Coding"}],
+        "concept": [
+            {"code": "diabetes", "property": [
+                {"code": "STATUS", "valueCode": "active"},
+                {"code": "chronic", "valueBoolean": True},
+                {"code": "kind", "valueCoding": {"system": "urn:k", "code": "endocrine"}}],
+             "concept": [{"code": "type-2", "property": [
+                 {"code": "STATUS", "valueCode": "active"},
+                 {"code": "chronic", "valueBoolean": True}]}]},
+            {"code": "flu", "property": [{"code": "STATUS", "valueCode": "retired"},
+                                         {"code": "chronic", "valueBoolean": False}]},
+            {"code": "cardiac"}]})
+    subject = f"Patient/{chart['pat']}"
+    dm, t2, flu, heart = (_coded(fhir, subject, FINDINGS, c)
+                          for c in ("diabetes", "type-2", "flu", "cardiac"))
+
+    made: list[str] = []
+
+    def matching(*filters: tuple[str, str, str]) -> set[str]:
+        made.append(url := f"http://example.org/vs/by-property-{len(made)}")
+        _value_set(fhir, url, compose={"include": [{"system": FINDINGS, "filter": [
+            {"property": p, "op": op, "value": v} for p, op, v in filters]}]})
+        return set(fhir.ids("Condition", {"code:in": url}))
+
+    assert matching(("STATUS", "=", "active")) == {dm, t2}
+    assert matching(("STATUS", "in", "retired,draft")) == {flu}
+    assert matching(("STATUS", "not-in", "retired")) == {dm, t2, heart}
+    assert matching(("STATUS", "exists", "false")) == {heart}
+    assert matching(("chronic", "=", "true"), ("kind", "exists", "false")) == {t2}
+    assert matching(("kind", "=", "endocrine")) == {dm}
+    # the hierarchy is grouped-by: a property filter is answered, subsumption is not
+    r = fhir.get("Condition", params={"code:below": f"{FINDINGS}|diabetes"})
+    assert r.status_code == 400 and "grouped-by" in r.text

@@ -27,7 +27,7 @@ from careplane.records.models import INDEX_TABLES, resource, resource_version
 from careplane.records.search_sql import Scope, live
 from careplane.records.values import cut
 
-__all__ = ["Hierarchy", "hierarchy_of", "load_code_system", "stored"]
+__all__ = ["Hierarchy", "hierarchy_of", "load_code_system", "properties_of", "stored"]
 
 
 class Hierarchy:
@@ -89,6 +89,42 @@ def hierarchy_of(code_system: Mapping[str, Any]) -> Hierarchy:
     codes: list[str] = []
     _walk(code_system.get("concept"), None, links, codes)
     return Hierarchy(links, codes)
+
+
+def _value_text(prop: Mapping[str, Any]) -> str | None:
+    """A concept property's value as a filter compares it: a Coding by its code, a boolean
+    as ``true``/``false``, anything else as written."""
+    for key, value in prop.items():
+        if not key.startswith("value"):
+            continue
+        if isinstance(value, dict):
+            code = value.get("code")
+            return code if isinstance(code, str) else None
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value) if isinstance(value, (str, int, float)) else None
+    return None
+
+
+def properties_of(code_system: Mapping[str, Any]) -> dict[str, dict[str, frozenset[str]]]:
+    """Every concept of a CodeSystem (nested ones included), by code, with the values of
+    its properties by property code: what a ValueSet filter on a property reads."""
+    found: dict[str, dict[str, set[str]]] = {}
+
+    def walk(concepts: Any) -> None:
+        for concept in concepts if isinstance(concepts, list) else ():
+            if not isinstance(concept, dict) or not isinstance(concept.get("code"), str):
+                continue
+            values = found.setdefault(concept["code"], {})
+            for prop in concept.get("property") or ():
+                if isinstance(prop, dict) and isinstance(prop.get("code"), str):
+                    text = _value_text(prop)
+                    if text is not None:
+                        values.setdefault(prop["code"], set()).add(text)
+            walk(concept.get("concept"))
+
+    walk(code_system.get("concept"))
+    return {code: {k: frozenset(v) for k, v in props.items()} for code, props in found.items()}
 
 
 def stored(session: Session, scope: Scope, resource_type: str, *, rid: str | None = None,

@@ -8,10 +8,12 @@ one the policy opens to them); anything else is a 400 OperationOutcome naming th
 A ValueSet is expanded from its ``expansion.contains`` (nested entries included) when it has
 one, else from ``compose``: each ``include`` adds its listed ``concept`` codes of its
 ``system``, the whole ``system`` when it lists none, or the codes of the ValueSets it imports
-(``include.valueSet``); ``exclude`` removes listed concepts. An include's ``filter`` on the
-``concept`` property (is-a, descendent-of, generalizes, is-not-a, =, in) is answered from the
-hierarchy of the stored CodeSystem of its system (:mod:`careplane.records.code_systems`);
-filters on other properties need a terminology server and are refused by name.
+(``include.valueSet``); ``exclude`` removes listed concepts. An include's ``filter``s are
+answered from the stored CodeSystem of its system (:mod:`careplane.records.code_systems`),
+all of them holding at once: on the ``concept`` property by its is-a hierarchy (is-a,
+descendent-of, generalizes, is-not-a) or by code (=, in, not-in); on any other property by
+the values the CodeSystem's concepts give it (=, in, not-in, exists). ``regex`` is refused:
+a pattern from a stored resource, run over every code, could stall the server.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from careplane.records.code_systems import hierarchy_of, load_code_system, stored
+from careplane.records.code_systems import (
+    hierarchy_of,
+    load_code_system,
+    properties_of,
+    stored,
+)
 from careplane.records.errors import FhirError
 from careplane.records.search_params import Criterion, TokenValue, ValueSetCodes
 from careplane.records.search_sql import Scope
@@ -73,44 +80,59 @@ def _concepts(part: dict[str, Any]) -> list[tuple[str, str]]:
             if isinstance(system, str) and isinstance(c, dict) and isinstance(c.get("code"), str)]
 
 
-_FILTER_OPS = frozenset({"is-a", "descendent-of", "generalizes", "=", "in", "is-not-a"})
+_SUBSUMPTION = frozenset({"is-a", "descendent-of", "generalizes", "is-not-a"})
+_CONCEPT_OPS = _SUBSUMPTION | {"=", "in", "not-in"}
+_PROPERTY_OPS = frozenset({"=", "in", "not-in", "exists"})
 
 
 def _filtered(session: Session, scope: Scope, ref: str, where: str, part: dict[str, Any]
               ) -> list[tuple[str | None, str]]:
-    """The codes of an include's ``filter``s (all must hold) on the ``concept`` property,
-    from the hierarchy of the stored CodeSystem (:mod:`careplane.records.code_systems`);
-    other properties need a terminology server and are refused by name."""
+    """The codes of an include's ``filter``s (all must hold), from the stored CodeSystem of
+    its system (:mod:`careplane.records.code_systems`); see the module docstring."""
     system = part.get("system")
     if not isinstance(system, str) or not system:
         raise _bad(ref, f"{where}.filter needs the include's system")
-    filters: list[tuple[str, str]] = []
+    filters: list[tuple[str, str, str]] = []
     for j, f in enumerate(part["filter"]):
         prop, op, value = (f.get(k) for k in ("property", "op", "value")) \
             if isinstance(f, dict) else (None, None, None)
-        if prop != "concept" or op not in _FILTER_OPS or not isinstance(value, str):
-            raise _bad(ref, f"{where}.filter[{j}] ({prop} {op}) needs a terminology "
-                       "server; careplane filters the concept property with "
-                       f"{', '.join(sorted(_FILTER_OPS))}, from a stored CodeSystem")
-        filters.append((op, value))
+        ops = _CONCEPT_OPS if prop == "concept" else _PROPERTY_OPS
+        if not isinstance(prop, str) or op not in ops or not isinstance(value, str):
+            raise _bad(ref, f"{where}.filter[{j}] ({prop} {op}) is not one careplane "
+                       f"answers: the concept property takes {', '.join(sorted(_CONCEPT_OPS))}"
+                       f", other properties {', '.join(sorted(_PROPERTY_OPS))}")
+        filters.append((prop, op, value))
     version = part.get("version")
-    found = hierarchy_of(load_code_system(
+    code_system = load_code_system(
         session, scope, f"{system}|{version}" if isinstance(version, str) else system,
-        why=f"ValueSet {ref!r} {where}.filter"))
+        why=f"ValueSet {ref!r} {where}.filter")
+    concepts = properties_of(code_system)
+    every = frozenset(concepts)
+    found = hierarchy_of(code_system) if any(op in _SUBSUMPTION for _, op, _ in filters) \
+        else None
     kept: frozenset[str] | None = None
-    for op, value in filters:
-        if op == "is-a":
-            match = found.below(value)
-        elif op == "descendent-of":
-            match = found.below(value) - {value}
-        elif op == "generalizes":
-            match = found.above(value)
-        elif op == "=":
-            match = frozenset({value})
-        elif op == "in":
-            match = frozenset(v.strip() for v in value.split(",") if v.strip())
-        else:  # is-not-a
-            match = found.codes - found.below(value)
+    for prop, op, value in filters:
+        listed = frozenset(v.strip() for v in value.split(",") if v.strip())
+        if prop == "concept":
+            if found is not None and op in _SUBSUMPTION:
+                below = found.below(value)
+                match = {"is-a": below, "descendent-of": below - {value},
+                         "generalizes": found.above(value),
+                         "is-not-a": found.codes - below}[op]
+            else:
+                match = frozenset({value}) if op == "=" else \
+                    (listed if op == "in" else every - listed)
+        else:
+            having = {code: props.get(prop, frozenset()) for code, props in concepts.items()}
+            if op == "exists":
+                wanted = value.strip().lower() == "true"
+                match = frozenset(c for c, values in having.items() if bool(values) == wanted)
+            elif op == "=":
+                match = frozenset(c for c, values in having.items() if value in values)
+            elif op == "in":
+                match = frozenset(c for c, values in having.items() if values & listed)
+            else:  # not-in
+                match = frozenset(c for c, values in having.items() if not values & listed)
         kept = match if kept is None else kept & match
     return [(system, code) for code in sorted(kept or ())]
 
