@@ -14,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import careplane.models  # noqa: F401 - every domain's tables
-from careplane.platform.db import Base, Database, migrate
+from careplane.platform.db import Base, Database, migrate, modelled
 
 
 def test_the_models_declare_what_the_migrations_build(tmp_path: Path) -> None:
@@ -22,7 +22,8 @@ def test_the_models_declare_what_the_migrations_build(tmp_path: Path) -> None:
     try:
         migrate(db)
         with db.engine.connect() as conn:
-            differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            differences = compare_metadata(MigrationContext.configure(
+                conn, opts={"include_object": modelled}), Base.metadata)
     finally:
         db.dispose()
     assert differences == [], "\n".join(str(d)[:300] for d in differences)

@@ -128,6 +128,8 @@ def test_text_and_content_search(fhir: Fhir, other_org: Fhir, db_url: str,
     assert set(ids("Condition", {"_filter": "_content eq rash or _text co morning"})) \
         == {pain, rash}
     assert fhir.ids("", {"_content": "pectoris"}) == [pain]            # across types
+    assert ids("Condition", {"_content": "pector"}) == []              # whole words only
+    assert ids("Condition", {"_content": '"or" and'}) == []            # no query syntax
     # a later version replaces the words of the earlier one
     r = fhir.put(f"Condition/{rash}", {"resourceType": "Condition", "id": rash,
                                         "subject": {"reference": "Patient/x"},

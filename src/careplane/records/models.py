@@ -33,6 +33,7 @@ from careplane.platform.db import Base, JSONType, UTCDateTime
 
 __all__ = [
     "INDEX_TABLES",
+    "WORDS",
     "idx_compartment",
     "idx_composite",
     "idx_date",
@@ -53,6 +54,11 @@ _PK = BigInteger().with_variant(Integer, "sqlite")
 # Folded text searched by prefix ranges: byte order ("C") on PostgreSQL, as SQLite's BINARY.
 _FOLDED = String(255).with_variant(String(255, collation="C"), "postgresql")
 metadata = Base.metadata
+
+#: SQLite's full-text index of the current versions (migration 0107): an FTS5 virtual table,
+#: which no model can declare.
+WORDS = "fhir_resource_words"
+metadata.info.setdefault("unmodelled", set()).add(WORDS)
 
 resource = Table(
     "fhir_resource",

@@ -38,11 +38,12 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    table,
     true,
 )
 
 from careplane.records.access import Opening, Reach
-from careplane.records.models import INDEX_TABLES, resource, resource_version
+from careplane.records.models import INDEX_TABLES, WORDS, resource, resource_version
 from careplane.records.search_params import (
     CompositeValue,
     Criterion,
@@ -484,40 +485,35 @@ def _fulltext(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
     the words of one of the values.
 
     PostgreSQL matches whole words (``plainto_tsquery``) through the GIN indexes of
-    migration 0102. SQLite, which has no such index, looks for each word inside the string
-    values (``json_tree``) or the narrative, case-insensitively for ASCII.
+    migration 0102, over the current version's row; SQLite matches whole words too, through
+    the FTS5 index of current versions of migration 0107 (case folded, accents kept, as
+    PostgreSQL's 'simple' configuration does).
     """
-    v = resource_version.alias("fts_v")
-    r2 = resource.alias("fts_r")
-    current = select(v.c.resource_pk).join(r2, and_(r2.c.pk == v.c.resource_pk,
-                                                    r2.c.version == v.c.version))
-    if resource_type != ANY_TYPE:
-        current = current.where(r2.c.resource_type == resource_type)
     content = crit.name == "_content"
     words = [tuple(m.group(0) for m in _WORDS.finditer(str(value))) for value in crit.values]
     words = [w for w in words if w]
     if not words:
         return false()
     if scope.dialect == "postgresql":
+        v = resource_version.alias("fts_v")
+        r2 = resource.alias("fts_r")
+        current = select(v.c.resource_pk).join(r2, and_(r2.c.pk == v.c.resource_pk,
+                                                        r2.c.version == v.c.version))
+        if resource_type != ANY_TYPE:
+            current = current.where(r2.c.resource_type == resource_type)
         shape = _CONTENT_VECTOR if content else _TEXT_VECTOR
         vector: ColumnElement[Any] = literal_column(shape.format(v="fts_v."))
         simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
         test = or_(*(vector.op("@@")(func.plainto_tsquery(simple, " ".join(w)))
                      for w in words))
         return r.c.pk.in_(current.where(test))
-    if content:
-        tree = func.json_tree(v.c.content).table_valued("type", "value").alias("fts_t")
-
-        def has(word: str) -> ColumnElement[bool]:
-            return exists(select(literal(1)).select_from(tree).where(
-                tree.c.type == "text",
-                tree.c.value.like(f"%{_escape_like(word)}%", escape="\\")))
-    else:
-        narrative = func.json_extract(v.c.content, "$.text.div")
-
-        def has(word: str) -> ColumnElement[bool]:
-            return narrative.like(f"%{_escape_like(word)}%", escape="\\")
-    return r.c.pk.in_(current.where(or_(*(and_(*(has(word) for word in w)) for w in words))))
+    # FTS5's query language: each word a quoted string (the words are \w+, no quotes in
+    # them), the words of one value all present, the values OR'd, within the one column
+    query = " OR ".join("(" + " ".join(f'"{word}"' for word in w) + ")" for w in words)
+    found: Select[Any] = select(literal_column("rowid")).select_from(table(WORDS)).where(
+        literal_column(WORDS).op("MATCH")(
+            f"{'content' if content else 'narrative'} : ({query})"))
+    return r.c.pk.in_(found)
 
 
 def _three_part(r: FromClause, resource_type: str, crit: Criterion, scope: Scope

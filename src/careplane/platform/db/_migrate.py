@@ -14,12 +14,23 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from careplane.platform.db._engine import Database
+from careplane.platform.db.base import Base
 
 _HERE = Path(__file__).parent
 
 
 class MigrationRequired(RuntimeError):
     """The database schema is older than this version of careplane."""
+
+
+def modelled(obj: object, name: str | None, type_: str, reflected: bool,
+             compare_to: object) -> bool:
+    """Alembic's ``include_object`` for comparing the models with a database: leaves out the
+    tables a migration makes that no model can declare (an SQLite FTS5 index and its shadow
+    tables), which a domain names in ``Base.metadata.info["unmodelled"]`` by prefix."""
+    if type_ != "table" or not reflected or not name:
+        return True
+    return not name.startswith(tuple(Base.metadata.info.get("unmodelled", ())))
 
 
 def _config(db: Database) -> Config:

@@ -3,6 +3,7 @@
 from alembic import context
 
 import careplane.models  # noqa: F401 - registers every table on Base.metadata
+from careplane.platform.db._migrate import modelled
 from careplane.platform.db.base import Base
 
 config = context.config
@@ -13,6 +14,8 @@ only_prefix: str | None = config.attributes.get("table_prefix")
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool,
                    compare_to: object) -> bool:
+    if not modelled(obj, name, type_, reflected, compare_to):
+        return False
     if only_prefix is None or type_ != "table":
         return True
     return bool(name and name.startswith(only_prefix))
