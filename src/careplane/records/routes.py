@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from careplane.deps import PlatformDep
@@ -116,6 +117,22 @@ class FhirRoute(APIRoute):
 
         return fhir_handler
 
+
+class _TypeSegment(Convertor[str]):
+    """The ``{rtype}`` of a FHIR path: any segment but one that starts with a dot, so that
+    ``/fhir/.well-known/smart-configuration`` (security's, mounted after this router) is
+    never taken for a read. An unknown type still reaches the route, which names it."""
+
+    regex = "[^/.][^/]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("fhir_type", _TypeSegment())
 
 router = APIRouter(prefix="/fhir", route_class=FhirRoute, tags=["fhir"])
 
@@ -335,7 +352,7 @@ def _search(request: Request, platform: PlatformDep, principal: PrincipalDep, rt
     return fhir_json(searchset(result, req, base=base, path=path or rtype))
 
 
-@router.get("/{rtype}/_history", dependencies=[Negotiated])
+@router.get("/{rtype:fhir_type}/_history", dependencies=[Negotiated])
 def type_history(rtype: str, request: Request, platform: PlatformDep, principal: PrincipalDep
                  ) -> Response:
     known_type(rtype)
@@ -345,7 +362,7 @@ def type_history(rtype: str, request: Request, platform: PlatformDep, principal:
     return fhir_json(result)
 
 
-@router.post("/{rtype}/_search", dependencies=[Negotiated])
+@router.post("/{rtype:fhir_type}/_search", dependencies=[Negotiated])
 async def search_post(rtype: str, request: Request, platform: PlatformDep,
                       principal: PrincipalDep) -> Response:
     form = await _form(request)
@@ -355,13 +372,13 @@ async def search_post(rtype: str, request: Request, platform: PlatformDep,
                                    _pairs(request) + form)
 
 
-@router.get("/{rtype}", dependencies=[Negotiated])
+@router.get("/{rtype:fhir_type}", dependencies=[Negotiated])
 def search_type(rtype: str, request: Request, platform: PlatformDep, principal: PrincipalDep
                 ) -> Response:
     return _search(request, platform, principal, rtype, _pairs(request))
 
 
-@router.post("/{rtype}", dependencies=[Negotiated])
+@router.post("/{rtype:fhir_type}", dependencies=[Negotiated])
 def create(rtype: str, request: Request, platform: PlatformDep, principal: PrincipalDep,
            body: BodyDep) -> Response:
     known_type(rtype)
@@ -391,7 +408,7 @@ def _conditional(session: Any, principal: PrincipalDep, rtype: str, query: str) 
     return [f.id for f in run_search(session, principal, req).matches]
 
 
-@router.put("/{rtype}", dependencies=[Negotiated])
+@router.put("/{rtype:fhir_type}", dependencies=[Negotiated])
 def conditional_update(rtype: str, request: Request, platform: PlatformDep,
                        principal: PrincipalDep, body: BodyDep) -> Response:
     known_type(rtype)
@@ -418,7 +435,7 @@ def conditional_update(rtype: str, request: Request, platform: PlatformDep,
                              location=created, warnings=warnings)
 
 
-@router.delete("/{rtype}", dependencies=[Negotiated])
+@router.delete("/{rtype:fhir_type}", dependencies=[Negotiated])
 def conditional_delete(rtype: str, request: Request, platform: PlatformDep,
                        principal: PrincipalDep) -> Response:
     known_type(rtype)
@@ -432,7 +449,7 @@ def conditional_delete(rtype: str, request: Request, platform: PlatformDep,
     return Response(status_code=204)
 
 
-@router.post("/{rtype}/$validate", dependencies=[Negotiated])
+@router.post("/{rtype:fhir_type}/$validate", dependencies=[Negotiated])
 def validate(rtype: str, platform: PlatformDep, body: BodyDep, principal: PrincipalDep
              ) -> Response:
     known_type(rtype)
@@ -465,7 +482,7 @@ def patient_everything(rid: str, request: Request, platform: PlatformDep,
     return fhir_json(result)
 
 
-@router.get("/{rtype}/{rid}/_history/{vid}", dependencies=[Negotiated])
+@router.get("/{rtype:fhir_type}/{rid}/_history/{vid}", dependencies=[Negotiated])
 def vread(rtype: str, rid: str, vid: str, request: Request, platform: PlatformDep,
           credentials: CredentialsDep) -> Response:
     with platform.read_session() as session:  # as read() below
@@ -475,7 +492,7 @@ def vread(rtype: str, rid: str, vid: str, request: Request, platform: PlatformDe
     return resource_response(request, stored, base_url(request))
 
 
-@router.get("/{rtype}/{rid}/_history", dependencies=[Negotiated])
+@router.get("/{rtype:fhir_type}/{rid}/_history", dependencies=[Negotiated])
 def instance_history(rtype: str, rid: str, request: Request, platform: PlatformDep,
                      principal: PrincipalDep) -> Response:
     known_type(rtype)
@@ -485,7 +502,7 @@ def instance_history(rtype: str, rid: str, request: Request, platform: PlatformD
     return fhir_json(result)
 
 
-@router.get("/{rtype}/{rid}", dependencies=[Negotiated])
+@router.get("/{rtype:fhir_type}/{rid}", dependencies=[Negotiated])
 def read(rtype: str, rid: str, request: Request, platform: PlatformDep,
          credentials: CredentialsDep) -> Response:
     # The hot path: the principal is resolved in this handler's worker thread rather than in
@@ -505,7 +522,7 @@ def read(rtype: str, rid: str, request: Request, platform: PlatformDep,
     return resource_response(request, stored, base_url(request))
 
 
-@router.put("/{rtype}/{rid}", dependencies=[Negotiated])
+@router.put("/{rtype:fhir_type}/{rid}", dependencies=[Negotiated])
 def update(rtype: str, rid: str, request: Request, platform: PlatformDep,
            principal: PrincipalDep, body: BodyDep) -> Response:
     known_type(rtype)
@@ -518,7 +535,7 @@ def update(rtype: str, rid: str, request: Request, platform: PlatformDep,
                              warnings=warnings)
 
 
-@router.patch("/{rtype}/{rid}", dependencies=[Negotiated])
+@router.patch("/{rtype:fhir_type}/{rid}", dependencies=[Negotiated])
 def patch(rtype: str, rid: str, request: Request, platform: PlatformDep,
           principal: PrincipalDep, body: BodyDep) -> Response:
     known_type(rtype)
@@ -539,7 +556,7 @@ def patch(rtype: str, rid: str, request: Request, platform: PlatformDep,
     return resource_response(request, stored, base_url(request), warnings=warnings)
 
 
-@router.delete("/{rtype}/{rid}", dependencies=[Negotiated])
+@router.delete("/{rtype:fhir_type}/{rid}", dependencies=[Negotiated])
 def delete(rtype: str, rid: str, request: Request, platform: PlatformDep,
            principal: PrincipalDep) -> Response:
     known_type(rtype)
@@ -550,7 +567,7 @@ def delete(rtype: str, rid: str, request: Request, platform: PlatformDep,
     return Response(status_code=204, headers=headers)
 
 
-@router.get("/{ctype}/{cid}/{rtype}", dependencies=[Negotiated])
+@router.get("/{ctype}/{cid}/{rtype:fhir_type}", dependencies=[Negotiated])
 def compartment_search(ctype: str, cid: str, rtype: str, request: Request,
                        platform: PlatformDep, principal: PrincipalDep) -> Response:
     known_type(ctype)
