@@ -84,9 +84,9 @@ def test_rehashed_record_still_breaks_the_following_link(db: Database) -> None:
         row = session.get(AuditRecord, ids[1])
         assert row is not None
         row.reason = "nothing to see"
-        from careplane.security.audit import _digest
+        from careplane.security.audit import _content_of, _digest
 
-        new_hash = _digest(row, row.prev_hash)
+        new_hash = _digest(_content_of(row), row.prev_hash)
         session.flush()
     with db.engine.begin() as conn:
         conn.execute(text("UPDATE audit_record SET hash = :h WHERE id = :i"),

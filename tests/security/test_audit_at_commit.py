@@ -103,7 +103,7 @@ def test_the_change_commits_only_with_its_record(db: Database, fails: bool,
     appended: list[int] = []
     real = audit._append
 
-    def append(session: Session, rows: list[AuditRecord]) -> None:
+    def append(session: Session, rows: list[dict[str, object]]) -> None:
         appended.append(len(rows))
         if fails:
             raise RuntimeError("the audit table is gone")

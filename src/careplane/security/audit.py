@@ -47,7 +47,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -63,6 +63,7 @@ from sqlalchemy import (
     String,
     Text,
     event,
+    insert,
     select,
     text,
 )
@@ -118,11 +119,16 @@ _CHAINED = ("at", "actor_id", "actor_name", "org_id", "action", "target_kind", "
             "source", "request_id", "detail")
 
 
-def _digest(row: AuditRecord, prev_hash: str) -> str:
-    content = {name: getattr(row, name) for name in _CHAINED}
-    content["at"] = row.at.isoformat()
+def _digest(values: Mapping[str, Any], prev_hash: str) -> str:
+    content = {name: values[name] for name in _CHAINED}
+    content["at"] = values["at"].isoformat()
     blob = orjson.dumps(content, option=orjson.OPT_SORT_KEYS, default=str)
     return hashlib.sha256(prev_hash.encode() + blob).hexdigest()
+
+
+def _content_of(row: AuditRecord) -> dict[str, Any]:
+    """What a stored record's hash covers, read back from its row."""
+    return {name: getattr(row, name) for name in _CHAINED}
 
 
 def _lock_chain(session: Session) -> None:
@@ -150,24 +156,33 @@ def _values(principal: Principal | None, action: str, target: Target, outcome: O
         request_id=request_id_var.get(), detail=detail or {})
 
 
-def _append(session: Session, rows: list[AuditRecord]) -> None:
-    """Chain ``rows`` onto the newest record, in order, and write them in ``session``."""
+def _chain(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Take the chain's lock and link ``rows`` (record values) onto the newest record, in
+    order: each gets its ``prev_hash`` and ``hash``."""
     _lock_chain(session)
     prev_hash = session.scalar(
         select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)) or GENESIS
-    for row in rows:
-        row.prev_hash = prev_hash
-        row.hash = prev_hash = _digest(row, prev_hash)
-    session.add_all(rows)
-    session.flush()
+    for values in rows:
+        values["prev_hash"] = prev_hash
+        values["hash"] = prev_hash = _digest(values, prev_hash)
+
+
+def _append(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Chain ``rows`` (record values) on and insert them in ``session``: one statement, no
+    mapped objects (the writer's batches and a transaction's changes need no ids back)."""
+    _chain(session, rows)
+    session.execute(insert(AuditRecord), rows)
 
 
 def record(session: Session, principal: Principal | None, action: str, target: Target, *,
            outcome: Outcome = Outcome.success, decision: Decision | None = None,
            source: str | None = None, detail: dict[str, Any] | None = None) -> AuditRecord:
     """Append a record in the caller's transaction (it commits or fails with the change)."""
-    row = AuditRecord(**_values(principal, action, target, outcome, decision, source, detail))
-    _append(session, [row])
+    values = _values(principal, action, target, outcome, decision, source, detail)
+    _chain(session, [values])
+    row = AuditRecord(**values)
+    session.add(row)
+    session.flush()
     return row
 
 
@@ -200,7 +215,7 @@ def _append_at_commit(session: Session) -> None:
         return
     queued = session.info.pop(_AT_COMMIT, None)
     if queued:
-        _append(session, [AuditRecord(**values) for _, values in queued])
+        _append(session, [values for _, values in queued])
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -358,7 +373,7 @@ class AuditWriter:
                      for _ in range(min(self.batch, len(self._queue)))]
         try:
             with Session(bind=self.engine) as session:
-                _append(session, [AuditRecord(**values) for _, values in taken])
+                _append(session, [values for _, values in taken])
                 session.commit()
         except BaseException:
             with self._cond:
@@ -501,7 +516,7 @@ def verify(session: Session, *, expect: tuple[int, str] | None = None) -> Verify
         if row.prev_hash != prev:
             return VerifyResult(False, checked, row.id,
                                 "link broken: a record before this one was deleted or changed")
-        if _digest(row, prev) != row.hash:
+        if _digest(_content_of(row), prev) != row.hash:
             return VerifyResult(False, checked, row.id, "content does not match its hash")
         if expect is not None and row.id == expect[0]:
             if row.hash != expect[1]:
