@@ -11,7 +11,10 @@ the server named by ``CAREPLANE_TEST_POSTGRES_URL``, default ``postgres@127.0.0.
 
 * single creates/s: sequential ``POST /fhir/Patient``;
 * bundle ingest resources/s: the synthetic population as transactions (``Prefer:
-  return=minimal``), one per patient; with ``--http-patients K`` only the first K patients
+  return=minimal``), one per patient; with ``--streams N`` the second half of them is
+  posted by N ``http.client`` clients at once over a socket to ``careplane serve
+  --http-workers W`` (default: one per core), as a feed from several sources would be;
+  with ``--http-patients K`` only the first K patients
   go over HTTP (and are timed as such) and the rest are loaded in-process through the same
   bundle code (``careplane synth --load``'s path), timed apart, so that populations of
   tens of thousands of patients can be built;
@@ -473,9 +476,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "expression compiled once into getters; rows built as tuples), and persists a "
         "transaction with one statement per table (COPY on the driver's connection on "
         "PostgreSQL) and one access decision per kind of access in the bundle, the "
-        "decisions asked together and their audit records appended in one go. With several "
-        "clients at once, each bundle is its own transaction on its own connection; "
-        "conditional creates are serialised per condition.",
+        "decisions asked together and their audit records chained on in one go as the "
+        "transaction commits. With several clients at once, each bundle is its own "
+        "transaction on its own connection, in one of the server's processes (Python runs "
+        "one request's work on one core at a time); they wait on each other only for the "
+        "audit chain at commit and, where two create the same conditional resource, for "
+        "that condition.",
         "",
         *_against_targets(results),
     ]
@@ -490,15 +496,17 @@ def _against_targets(results: list[dict[str, Any]]) -> list[str]:
     if pg:
         r = pg[0]
         cores = 1000 / r["ingest_cpu_ms"]
+        best = max(r["ingest_per_s"], r.get("ingest_parallel_per_s", 0.0))
+        status = "met" if best >= 2500 else "missed"
         together = (f", {r['ingest_parallel_per_s']:,.0f}/s from {r['ingest_streams']} "
-                    f"clients at once to {r['ingest_http_workers']} server processes"
-                    if "ingest_parallel_per_s" in r else "")
-        out.append(f"- ingest >= 2,500 resources/s: {r['ingest_per_s']:,.0f}/s from one client"
-                   f"{together}, measured with "
-                   f"the load average at {r['load_average']:.1f} on 2 cores; the application "
-                   f"spends {r['ingest_cpu_ms']:.2f} ms of CPU per resource, about "
-                   f"{cores:,.0f} resources/s per core it gets (PostgreSQL's own work "
-                   "comes on top).")
+                    f"clients at once over a socket to `careplane serve --http-workers "
+                    f"{r['ingest_http_workers']}`" if "ingest_parallel_per_s" in r else "")
+        out.append(f"- ingest >= 2,500 resources/s ({status}): {r['ingest_per_s']:,.0f}/s "
+                   f"from one client in process{together}, measured with the load average "
+                   f"at {r['load_average']:.1f} on {os.cpu_count()} cores; the application "
+                   f"spends {r['ingest_cpu_ms']:.2f} ms of CPU per resource (one client, "
+                   f"in process), about {cores:,.0f} resources/s per core it gets, and "
+                   "PostgreSQL's own work comes on top on the same cores.")
         status = "met" if r["socket_read_p50"] < 2 else "missed"
         out.append(f"- read p50 < 2 ms ({status}): {r['socket_read_p50']:.1f} ms over a "
                    f"socket to `careplane serve` from `http.client`, "
