@@ -1649,6 +1649,9 @@ def _load_command(patients: int, seed: int, day: date | None, org_name: str, as_
             principal = resolve_token(session, issued.token, kind="bearer")
         if principal is None:
             raise fail(f"user {as_user!r} cannot act (inactive, or no role in the organisation)")
+        from careplane.platform import heap
+
+        heap.settle()  # a long bulk load, as a server: see platform.heap
         try:
             return load_bundles(db, principal, generate(patients, seed, start=day,
                                                         org_name=org_name),
