@@ -7,6 +7,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 import typer
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from careplane.platform.db import Database
+from careplane.records.models import resource as stored_resource
 from careplane.records.synth import (
     HEART_FAILURE_DRUGS,
     MRN_SYSTEM,
@@ -324,6 +327,29 @@ def test_write_ndjson_gives_bulk_data_files(tmp_path: Path) -> None:
                 assert rid in ids[target], (rtype, ref)
     bundles = list(generate(12, 3, start=TODAY))
     assert counts["Observation"] == sum(len(resources(b, "Observation")) for b in bundles)
+
+
+def test_a_bulk_load_refreshes_the_statistics_each_time_the_store_doubles(
+        db: Database, accounts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from careplane.records import maintenance, synth
+
+    account = accounts.make("bulk", Role.clinician, org="org-a")
+    with db.session() as session:
+        principal = resolve_token(session, account.token, kind="bearer")
+    assert principal is not None
+    sizes: list[int] = []
+
+    def counting_analyze(database: Database) -> None:
+        with database.session() as session:
+            sizes.append(session.scalar(select(func.count()).select_from(stored_resource)) or 0)
+
+    monkeypatch.setattr(maintenance, "analyze", counting_analyze)
+    monkeypatch.setattr(synth, "_FIRST_ANALYZE", 50)
+    counts = load_bundles(db, principal, generate(8, 5, start=TODAY), base="http://t/fhir")
+    total = sum(counts.values())
+    assert total > 800 and len(sizes) >= 3
+    assert sizes[0] >= 50 and all(b >= 2 * a for a, b in pairwise(sizes))
+    assert sizes[-1] <= total
 
 
 def test_bundles_load_into_the_fhir_store(db: Database, fhir: Fhir, accounts: Any) -> None:
