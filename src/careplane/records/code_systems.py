@@ -16,7 +16,7 @@ is refused by name rather than answered wrongly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import and_, select
@@ -60,23 +60,13 @@ class Hierarchy:
         return self._closure(code, self.parents)
 
 
-def _walk(concepts: Any, parent: str | None, links: list[tuple[str, str]], codes: list[str]
-          ) -> None:
+def _each_concept(concepts: Any, parent: str | None = None
+                  ) -> Iterator[tuple[str, str | None, dict[str, Any]]]:
+    """(code, the code it is nested under, the concept) of every concept, nested ones too."""
     for concept in concepts if isinstance(concepts, list) else ():
-        if not isinstance(concept, dict) or not isinstance(concept.get("code"), str):
-            continue
-        code = concept["code"]
-        codes.append(code)
-        if parent is not None:
-            links.append((code, parent))
-        for prop in concept.get("property") or ():
-            if not isinstance(prop, dict) or not isinstance(prop.get("valueCode"), str):
-                continue
-            if prop.get("code") == "parent":
-                links.append((code, prop["valueCode"]))
-            elif prop.get("code") == "child":
-                links.append((prop["valueCode"], code))
-        _walk(concept.get("concept"), code, links, codes)
+        if isinstance(concept, dict) and isinstance(concept.get("code"), str):
+            yield concept["code"], parent, concept
+            yield from _each_concept(concept.get("concept"), concept["code"])
 
 
 def hierarchy_of(code_system: Mapping[str, Any]) -> Hierarchy:
@@ -87,7 +77,17 @@ def hierarchy_of(code_system: Mapping[str, Any]) -> Hierarchy:
                            f"has hierarchyMeaning {meaning!r}; subsumption needs is-a")
     links: list[tuple[str, str]] = []
     codes: list[str] = []
-    _walk(code_system.get("concept"), None, links, codes)
+    for code, parent, concept in _each_concept(code_system.get("concept")):
+        codes.append(code)
+        if parent is not None:
+            links.append((code, parent))
+        for prop in concept.get("property") or ():
+            if not isinstance(prop, dict) or not isinstance(prop.get("valueCode"), str):
+                continue
+            if prop.get("code") == "parent":
+                links.append((code, prop["valueCode"]))
+            elif prop.get("code") == "child":
+                links.append((prop["valueCode"], code))
     return Hierarchy(links, codes)
 
 
@@ -110,20 +110,13 @@ def properties_of(code_system: Mapping[str, Any]) -> dict[str, dict[str, frozens
     """Every concept of a CodeSystem (nested ones included), by code, with the values of
     its properties by property code: what a ValueSet filter on a property reads."""
     found: dict[str, dict[str, set[str]]] = {}
-
-    def walk(concepts: Any) -> None:
-        for concept in concepts if isinstance(concepts, list) else ():
-            if not isinstance(concept, dict) or not isinstance(concept.get("code"), str):
-                continue
-            values = found.setdefault(concept["code"], {})
-            for prop in concept.get("property") or ():
-                if isinstance(prop, dict) and isinstance(prop.get("code"), str):
-                    text = _value_text(prop)
-                    if text is not None:
-                        values.setdefault(prop["code"], set()).add(text)
-            walk(concept.get("concept"))
-
-    walk(code_system.get("concept"))
+    for code, _, concept in _each_concept(code_system.get("concept")):
+        values = found.setdefault(code, {})
+        for prop in concept.get("property") or ():
+            if isinstance(prop, dict) and isinstance(prop.get("code"), str):
+                text = _value_text(prop)
+                if text is not None:
+                    values.setdefault(prop["code"], set()).add(text)
     return {code: {k: frozenset(v) for k, v in props.items()} for code, props in found.items()}
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from careplane.platform.db import Database
 from careplane.platform.events._models import EventRecord
@@ -34,6 +34,14 @@ class Event:
     org_id: str | None
     payload: dict[str, Any]
     created_at: datetime
+
+
+def _unseen(after: int, upto: int | None, gaps: tuple[int, ...]) -> ColumnElement[bool]:
+    """Events past the cursor ``after`` (up to ``upto``), and the ``gaps`` below it."""
+    newer = EventRecord.id > after
+    if upto is not None:
+        newer = newer & (EventRecord.id <= upto)
+    return newer | EventRecord.id.in_(gaps) if gaps else newer
 
 
 class Subscription:
@@ -123,10 +131,7 @@ class EventHub:
     def _fetch(self, after: int, upto: int | None = None,
                gaps: tuple[int, ...] = ()) -> list[Event]:
         with self._reading, self.db.session() as session:
-            newer = EventRecord.id > after
-            if upto is not None:
-                newer = newer & (EventRecord.id <= upto)
-            query = select(EventRecord).where(newer | EventRecord.id.in_(gaps) if gaps else newer)
+            query = select(EventRecord).where(_unseen(after, upto, gaps))
             rows = session.scalars(query.order_by(EventRecord.id).limit(_BATCH)).all()
             return [Event(r.id, r.topic, r.org_id, r.payload, r.created_at) for r in rows]
 
@@ -135,9 +140,7 @@ class EventHub:
         subscribed: a busy writer publishes an event per resource, and every process would
         otherwise load each one's payload only to drop it."""
         with self._reading, self.db.session() as session:
-            newer = EventRecord.id > after
-            query = select(EventRecord.id).where(newer | EventRecord.id.in_(gaps) if gaps
-                                                 else newer)
+            query = select(EventRecord.id).where(_unseen(after, None, gaps))
             return list(session.scalars(query.order_by(EventRecord.id).limit(_BATCH)))
 
     def _advance(self, event_id: int, now: float) -> bool:
