@@ -255,8 +255,6 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that
     # was installed before it; this one lets the cleanup below run instead of dying at once.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    # The app logs each request itself, by path only; uvicorn's access line would also log the
-    # query string, where OAuth codes and viewer tokens can travel.
     # More than one HTTP worker: uvicorn starts each as a process of its own, which builds the
     # application from the exported environment (careplane.app.app_from_environment).
     served: Any = application if settings.http_workers == 1 \
@@ -264,6 +262,8 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
     from careplane.platform import heap
 
     heap.settle()
+    # The app logs each request itself, by path only; uvicorn's access line would also log the
+    # query string, where OAuth codes and viewer tokens can travel.
     try:
         uvicorn.run(served, host=settings.host, port=settings.port, log_config=None,
                     access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1",

@@ -139,10 +139,10 @@ def authorize_all(session: Session, principal: Principal,
     patient are looked up once for all of them. When every one is allowed, the records of
     the changes are appended together as the transaction commits: one chain lock, one
     look-up of the newest hash and one insert, instead of one of each per access (reads
-    still go after the commit). The
-    first refused is handed to ``authorize``, which records the refusal as it always does,
-    and raised as a :class:`Refusal` naming it; the caller's transaction then fails, so none
-    of the others' records is kept, as with one ``authorize`` after another.
+    still go after the commit). The first refused is handed to ``authorize``, which records
+    the refusal as it always does, and raised as a :class:`Refusal` naming it; the caller's
+    transaction then fails, so none of the others' records is kept, as with one
+    ``authorize`` after another.
     """
     facts: dict[tuple[str | None, str | None, str], Facts] = {}
     decisions: list[Decision] = []

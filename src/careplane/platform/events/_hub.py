@@ -169,21 +169,21 @@ class EventHub:
                 while True:
                     now = time.monotonic()
                     self._gaps = {i: t for i, t in self._gaps.items() if now - t < _GAP_SECONDS}
-                    if not self._subscriptions:
+                    if self._subscriptions:
+                        events = await asyncio.to_thread(
+                            self._fetch, self._cursor, None, tuple(self._gaps))
+                        for event in events:
+                            self._deliver(event, now)
+                        read = len(events)
+                    else:
                         ids = await asyncio.to_thread(self._ids, self._cursor,
                                                       tuple(self._gaps))
                         if self._subscriptions:  # one came meanwhile: it needs the events
                             continue
                         for event_id in ids:
                             self._advance(event_id, now)
-                        if len(ids) < _BATCH:
-                            break
-                        continue
-                    events = await asyncio.to_thread(
-                        self._fetch, self._cursor, None, tuple(self._gaps))
-                    for event in events:
-                        self._deliver(event, now)
-                    if len(events) < _BATCH:
+                        read = len(ids)
+                    if read < _BATCH:
                         break
             except asyncio.CancelledError:
                 raise
