@@ -37,3 +37,20 @@ def test_settle_freezes_the_started_heap_and_still_collects_cycles(restored: Non
     del a, b
     gc.collect()
     assert gone() is None
+
+
+def test_settle_runs_the_registered_loaders_before_freezing(restored: None,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(heap, "_LOADERS", [])
+    loaded: list[list[_Node]] = []
+
+    def loader() -> None:  # what a domain builds on first use: here, at start
+        loaded.append([_Node() for _ in range(10)])
+
+    heap.load_at_start(loader)
+    heap.load_at_start(loader)  # registered once
+    heap.settle()
+    assert len(loaded) == 1
+    held = loaded[0]
+    assert not any(o is held for o in gc.get_objects())  # frozen: collections skip it

@@ -35,6 +35,7 @@ from careplane.records.spec import (
     COMPARTMENTS,
     SearchParam,
     compartment_params,
+    resource_types,
     search_parameters,
 )
 from careplane.records.ucum import UCUM_SYSTEM, canonical
@@ -48,7 +49,7 @@ from careplane.records.values import (
 )
 
 __all__ = ["BY_IDENTIFIER", "COMPOSITE_SECONDS", "INDEXED_TYPES", "OF_TYPE", "IndexRows",
-           "composite_params", "index_resource", "indexed_params"]
+           "composite_params", "index_resource", "indexed_params", "load_plans"]
 
 #: Search-parameter types that have an index table.
 INDEXED_TYPES = frozenset({"string", "token", "date", "reference", "quantity", "number", "uri",
@@ -190,6 +191,14 @@ def _compartment_params(resource_type: str) -> tuple[tuple[str, tuple[str, ...]]
         if codes or compartment == resource_type:
             out.append((compartment, tuple(codes)))
     return tuple(out)
+
+
+def load_plans() -> None:
+    """Compile the indexing of every resource type now rather than on its first write."""
+    for resource_type in sorted(resource_types()):
+        _indexing_plan(resource_type)
+        _composite_plan(resource_type)
+        _compartment_params(resource_type)
 
 
 # -- values per search type -----------------------------------------------------------------

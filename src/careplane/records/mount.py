@@ -1,14 +1,18 @@
-"""Mount the FHIR R4 API at /fhir and the patient pages; register tables, nav and demo data."""
+"""Mount the FHIR R4 API at /fhir and the patient pages; register tables, nav, demo data and
+what a server loads at start."""
 
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 import careplane.records.models  # noqa: F401 - registers the fhir_ tables
 from careplane.demo import register_seeder
+from careplane.platform import heap
 from careplane.records import store
 from careplane.records.demo import seed_records
 from careplane.records.errors import FhirError
+from careplane.records.indexer import load_plans
 from careplane.records.routes import FhirNotFound, note_warnings, router
+from careplane.records.validation import load_models
 from careplane.security import Role
 from careplane.security.consent import ConsentError, sync_fhir
 from careplane.web.nav import NavItem, register
@@ -18,6 +22,8 @@ register(NavItem("patients", "Patients", "/patients",
                  roles=frozenset({Role.clinician, Role.radiologist, Role.psychiatrist,
                                   Role.counsellor, Role.admin, Role.patient})))
 register_seeder(seed_records)
+heap.load_at_start(load_models)
+heap.load_at_start(load_plans)
 
 
 def _sync_consent(session: Session, write: store.Write) -> None:
