@@ -27,3 +27,45 @@ def test_the_models_declare_what_the_migrations_build(tmp_path: Path) -> None:
     finally:
         db.dispose()
     assert differences == [], "\n".join(str(d)[:300] for d in differences)
+
+
+def test_0108_removes_the_combo_rows_and_its_downgrade_writes_them_back(tmp_path: Path
+                                                                         ) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from careplane.platform.db._migrate import _config
+
+    db = Database(f"sqlite:///{tmp_path / 'combo.db'}")
+
+    def rows() -> set[tuple[str, str]]:
+        with db.engine.connect() as conn:
+            return {(p, c) for p, c in conn.execute(text(
+                "SELECT param, code FROM fhir_idx_token WHERE resource_pk = 1"))}
+
+    def go(step: str, to: str) -> None:
+        with db.engine.begin() as conn:
+            cfg = _config(db)
+            cfg.attributes["connection"] = conn
+            getattr(command, step)(cfg, to)
+
+    try:
+        migrate(db)
+        go("downgrade", "0107")
+        with db.engine.begin() as conn:  # an Observation indexed before 0108
+            conn.execute(text(
+                "INSERT INTO fhir_resource (pk, resource_type, id, org_id, version, "
+                "last_updated, deleted) VALUES (1, 'Observation', 'bp', 'o', 1, "
+                "'2025-01-01 00:00:00', 0)"))
+            for param, code in (("code", "85354-9"), ("component-code", "8480-6"),
+                                ("combo-code", "85354-9"), ("combo-code", "8480-6")):
+                conn.execute(text(
+                    "INSERT INTO fhir_idx_token (resource_pk, resource_type, param, code) "
+                    "VALUES (1, 'Observation', :p, :c)"), {"p": param, "c": code})
+        go("upgrade", "0108")
+        assert rows() == {("code", "85354-9"), ("component-code", "8480-6")}
+        go("downgrade", "0107")
+        assert rows() == {("code", "85354-9"), ("component-code", "8480-6"),
+                          ("combo-code", "85354-9"), ("combo-code", "8480-6")}
+    finally:
+        db.dispose()

@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 
 from careplane.records.errors import FhirError
-from careplane.records.indexer import index_resource, indexed_params
+from careplane.records.indexer import index_resource, indexed_params, stored_under
 
 
 def rows(resource: dict[str, Any], kind: str, param: str) -> list[dict[str, Any]]:
@@ -119,3 +119,19 @@ def test_every_spec_parameter_compiles() -> None:
 
     total = sum(len(indexed_params(t)) for t in resource_types())
     assert total > 2000
+
+
+def test_a_union_parameter_keeps_no_rows_of_its_own() -> None:
+    blood_pressure = {
+        "resourceType": "Observation", "id": "bp", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                       "valueQuantity": {"value": 150, "system": "http://unitsofmeasure.org",
+                                         "code": "mm[Hg]"}}]}
+    found = index_resource(blood_pressure).rows
+    assert {r["param"] for kind in found.values() for r in kind} >= {
+        "code", "component-code", "component-value-quantity", "component-code-value-quantity"}
+    assert not any(r["param"].startswith("combo-") for kind in found.values() for r in kind)
+    assert stored_under("Observation", "combo-code") == ("code", "component-code")
+    assert stored_under("Observation", "code") == ("code",)
+    assert stored_under("Observation", "code:of-type") == ("code:of-type",)

@@ -157,6 +157,19 @@ def test_composite_parameters(fhir: Fhir, people: dict[str, str]) -> None:
     assert ids("Observation", {"component-code-value-quantity": "8480-6$gt140"}) == [bp]
     assert ids("Observation", {"component-code-value-quantity": "8462-4$gt140"}) == []
     assert ids("Observation", {"combo-code-value-quantity": "8462-4$95"}) == [bp]
+    # the combo- parameters are searched on the rows of the parameters they unite
+    assert ids("Observation", {"combo-code-value-quantity": "8867-4$72"}) == [people["hr1"]]
+    assert ids("Observation", {"combo-code": "8480-6"}) == [bp]
+    assert set(ids("Observation", {"combo-code": "85354-9,8867-4"})) == \
+        {bp, people["hr1"], people["hr2"]}
+    assert ids("Observation", {"combo-value-quantity": "150"}) == [bp]
+    assert ids("Observation", {"combo-value-quantity": "72"}) == [people["hr1"]]
+    assert ids("Observation", {"combo-code:missing": "true"}) == []
+    assert bp not in ids("Observation", {"combo-code:not": "8462-4"})
+    assert people["hr1"] in ids("Observation", {"combo-code:not": "8462-4"})
+    assert ids("Observation", {"combo-value-quantity:missing": "true"}) == [people["txt"]]
+    assert ids("Observation", {"combo-value-quantity": "ge72", "_sort": "-combo-value-quantity"}
+               ) == [bp, people["glu"], people["hr2"], people["hr1"]]
     assert fhir.get("Observation", params={"code-value-quantity": "8867-4"}).status_code == 400
     assert fhir.get("Observation", params={"_sort": "code-value-quantity"}).status_code == 400
 

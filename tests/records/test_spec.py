@@ -93,6 +93,24 @@ def test_observation_parameters() -> None:
     assert params["date"].expression == "Observation.effective"
 
 
+def test_a_union_of_other_parameters_names_them_as_its_parts() -> None:
+    params = spec.search_parameters("Observation")
+    assert params["combo-code"].parts == ("code", "component-code")
+    assert params["combo-value-quantity"].parts == ("component-value-quantity",
+                                                    "value-quantity")
+    assert params["combo-code-value-quantity"].parts == ("code-value-quantity",
+                                                         "component-code-value-quantity")
+    assert params["code"].parts == params["component-code"].parts == ()
+    # a union that is not exactly other parameters' keeps rows of its own
+    assert spec.search_parameters("Patient")["name"].parts == ()
+    unions = {(t, c) for t in spec.resource_types()
+              for c, p in spec.search_parameters(t).items() if p.parts}
+    assert {c for _, c in unions} == {"combo-code", "combo-code-value-concept",
+                                      "combo-code-value-quantity", "combo-data-absent-reason",
+                                      "combo-value-concept", "combo-value-quantity"}
+    assert {t for t, _ in unions} == {"Observation"}
+
+
 def test_composite_components_are_resolved() -> None:
     cvq = spec.search_parameters("Observation")["code-value-quantity"]
     assert cvq.type == "composite"

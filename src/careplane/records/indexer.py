@@ -49,7 +49,7 @@ from careplane.records.values import (
 )
 
 __all__ = ["BY_IDENTIFIER", "COMPOSITE_SECONDS", "INDEXED_TYPES", "OF_TYPE", "IndexRows",
-           "composite_params", "index_resource", "indexed_params", "load_plans"]
+           "composite_params", "index_resource", "indexed_params", "load_plans", "stored_under"]
 
 #: Search-parameter types that have an index table.
 INDEXED_TYPES = frozenset({"string", "token", "date", "reference", "quantity", "number", "uri",
@@ -153,6 +153,8 @@ def _indexing_plan(resource_type: str) -> tuple[_Step, ...]:
     out = []
     for param, extract in indexed_params(resource_type):
         assert param.expression is not None
+        if param.parts:
+            continue  # searched on its parts' rows (see stored_under)
         getters = compile_getters(param.expression, resource_type)
         parts = getters if getters is not None else (_fhirpath_part(extract),)
         out.append(_Step(param.code, param.type, parts,
@@ -191,6 +193,17 @@ def _compartment_params(resource_type: str) -> tuple[tuple[str, tuple[str, ...]]
         if codes or compartment == resource_type:
             out.append((compartment, tuple(codes)))
     return tuple(out)
+
+
+@cache
+def stored_under(resource_type: str, code: str) -> tuple[str, ...]:
+    """The ``param`` values of the index rows that hold the values of ``resource_type``'s
+    parameter ``code``: its own, or those of its parts (``SearchParam.parts``: an
+    Observation's ``combo-code`` rows would repeat its ``code`` and ``component-code`` rows,
+    a quarter of its index rows)."""
+    param = search_parameters(resource_type).get(code) if resource_type in resource_types() \
+        else None
+    return param.parts if param is not None and param.parts else (code,)
 
 
 def load_plans() -> None:
@@ -580,6 +593,8 @@ def _composite_plan(resource_type: str
     out = []
     for param, _ in composite_params(resource_type):
         assert param.expression is not None
+        if param.parts:
+            continue
         first, second = param.components
         routes = compile_composite_routes(param.expression, resource_type,
                                           (first.expression, second.expression))

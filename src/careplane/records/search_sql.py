@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 
 from careplane.records.access import Opening, Reach
+from careplane.records.indexer import stored_under
 from careplane.records.models import INDEX_TABLES, WORDS, resource, resource_version
 from careplane.records.search_params import (
     CompositeValue,
@@ -390,7 +391,14 @@ def _rows(resource_type: str, code: str, ptype: str) -> tuple[FromClause, Select
     if resource_type == ANY_TYPE:
         return t, select(t.c.resource_pk).where(t.c.param == code)
     return t, select(t.c.resource_pk).where(t.c.resource_type == resource_type,
-                                            t.c.param == code)
+                                            _param_is(t, resource_type, code))
+
+
+def _param_is(t: FromClause, resource_type: str, code: str) -> ColumnElement[bool]:
+    """The index rows of parameter ``code`` (or of its parts, see indexer.stored_under)."""
+    stored = stored_under(resource_type, code)
+    return t.c.param == code if len(stored) == 1 and stored[0] == code \
+        else t.c.param.in_(stored)
 
 
 def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,
@@ -675,7 +683,7 @@ def sort_columns(r: FromClause, resource_type: str, keys: list[SortKey]) -> list
                 name = _SORT_COLUMN[key.type]
             agg = func.max if key.descending else func.min
             col = (select(agg(t.c[name])).where(t.c.resource_pk == r.c.pk,
-                                                 t.c.param == key.name)
+                                                 _param_is(t, resource_type, key.name))
                    .scalar_subquery())
         terms.append(col.desc().nulls_last() if key.descending else col.asc().nulls_last())
     terms.append(r.c.pk.asc())

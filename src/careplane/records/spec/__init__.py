@@ -17,11 +17,13 @@ ask for with ``include_supplementary=True``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal, cast
+
+from careplane.records.spec.expressions import split_union
 
 __all__ = [
     "COMPARTMENTS",
@@ -81,6 +83,10 @@ class SearchParam:
     ``multiple_or`` and ``multiple_and`` are None where the spec does not say. ``modifiers`` is
     what the SearchParameter itself lists (almost always nothing): the modifiers each search
     type allows are set by the FHIR search page, not by this data.
+
+    ``parts`` names, for a parameter whose expression is the union of other parameters' of
+    the same type (``combo-code`` is ``code`` and ``component-code``), those parameters: its
+    values are theirs, so it needs no index rows of its own and is searched on theirs.
     """
 
     code: str
@@ -99,6 +105,7 @@ class SearchParam:
     chains: tuple[str, ...] = ()
     components: tuple[Component, ...] = ()
     origin: Origin = "core"
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +167,43 @@ class _Spec:
                     extra.setdefault(rec["code"], _make(rec, base, resource_type))
         for code, param in extra.items():
             out.setdefault(code, param)
-        return out
+        return _with_parts(out)
+
+
+def _members(param: SearchParam) -> frozenset[str]:
+    return frozenset(m.strip() for m in split_union(param.expression or ""))
+
+
+def _same_values(a: SearchParam, b: SearchParam) -> bool:
+    """Whether ``a`` and ``b`` take the same values from what their expressions select."""
+    return a.type == b.type and [(c.type, c.expression) for c in a.components] \
+        == [(c.type, c.expression) for c in b.components]
+
+
+def _unions(params: dict[str, SearchParam], among: frozenset[str]
+            ) -> dict[str, tuple[str, ...]]:
+    """The parameters whose union members are exactly those of others in ``among``."""
+    members = {code: _members(p) for code, p in params.items() if p.expression}
+    found: dict[str, tuple[str, ...]] = {}
+    for code, mine in members.items():
+        if len(mine) < 2:
+            continue
+        subs = sorted(o for o in among & members.keys() if o != code
+                      and members[o] < mine and _same_values(params[o], params[code]))
+        if subs and frozenset().union(*(members[o] for o in subs)) == mine:
+            found[code] = tuple(subs)
+    return found
+
+
+def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
+    """``params`` with ``parts`` set where a parameter is a union of others (of those that
+    are not unions themselves, so that every part has rows of its own)."""
+    unions = _unions(params, frozenset(params))
+    if not unions:
+        return params
+    unions = _unions(params, frozenset(params) - unions.keys())
+    return {code: replace(p, parts=unions[code]) if code in unions else p
+            for code, p in params.items()}
 
 
 def _make(rec: dict[str, Any], base: str, resource_type: str) -> SearchParam:
