@@ -174,6 +174,23 @@ def test_composite_parameters(fhir: Fhir, people: dict[str, str]) -> None:
     assert fhir.get("Observation", params={"_sort": "code-value-quantity"}).status_code == 400
 
 
+def test_absolute_and_canonical_references_are_found_by_url(fhir: Fhir,
+                                                            people: dict[str, str]) -> None:
+    elsewhere = "http://other.example.org/fhir/Patient/9"
+    remote = fhir.create({"resourceType": "Observation", "status": "final",
+                          "code": {"text": "x"}, "subject": {"reference": elsewhere}})["id"]
+    form = "http://example.org/Questionnaire/phq-9"
+    answers = fhir.create({"resourceType": "QuestionnaireResponse", "status": "completed",
+                           "questionnaire": form})["id"]
+    assert fhir.ids("Observation", {"subject": elsewhere}) == [remote]
+    assert fhir.ids("Observation", {"subject": elsewhere + "0"}) == []
+    assert fhir.ids("QuestionnaireResponse", {"questionnaire": form}) == [answers]
+    assert fhir.ids("QuestionnaireResponse", {"questionnaire": form + "-a"}) == []
+    # a relative reference is still found by its target, not by a url
+    assert set(fhir.ids("Observation", {"subject": f"Patient/{people['peter']}"})) == \
+        {people["hr1"], people["hr2"]}
+
+
 def test_references_chains_and_reverse_chains(fhir: Fhir, people: dict[str, str]) -> None:
     ids = fhir.ids
     peter, zoe = people["peter"], people["zoe"]

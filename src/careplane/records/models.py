@@ -149,10 +149,16 @@ idx_reference = _index_table(
     Column("target_type", String(64)),
     Column("target_id", String(64)),
     Column("url", String(INDEXED_CHARS)),  # absolute or canonical references, as written
-    indexes=(("target_type", "target_id"), ("resource_type", "param", "url")),
+    indexes=(("target_type", "target_id"),),
     lookups=(("lookup", ("resource_type", "param", "target_id", "resource_pk",
                          "target_type")),),
 )
+# Only absolute and canonical references have a url (a few in a hundred): the others are
+# found by target, and this index leaves them out (migration 0109).
+Index("ix_fhir_idx_reference_resource_type_param_url", idx_reference.c.resource_type,
+      idx_reference.c.param, idx_reference.c.url,
+      postgresql_where=idx_reference.c.url.is_not(None),
+      sqlite_where=idx_reference.c.url.is_not(None))
 
 idx_quantity = _index_table(
     "fhir_idx_quantity",
