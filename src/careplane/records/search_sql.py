@@ -397,8 +397,7 @@ def _rows(resource_type: str, code: str, ptype: str) -> tuple[FromClause, Select
 def _param_is(t: FromClause, resource_type: str, code: str) -> ColumnElement[bool]:
     """The index rows of parameter ``code`` (or of its parts, see indexer.stored_under)."""
     stored = stored_under(resource_type, code)
-    return t.c.param == code if len(stored) == 1 and stored[0] == code \
-        else t.c.param.in_(stored)
+    return t.c.param == code if stored == (code,) else t.c.param.in_(stored)
 
 
 def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,

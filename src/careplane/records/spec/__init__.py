@@ -180,10 +180,9 @@ def _same_values(a: SearchParam, b: SearchParam) -> bool:
         == [(c.type, c.expression) for c in b.components]
 
 
-def _unions(params: dict[str, SearchParam], among: frozenset[str]
-            ) -> dict[str, tuple[str, ...]]:
-    """The parameters whose union members are exactly those of others in ``among``."""
-    members = {code: _members(p) for code, p in params.items() if p.expression}
+def _unions(params: dict[str, SearchParam], members: dict[str, frozenset[str]],
+            among: frozenset[str]) -> dict[str, tuple[str, ...]]:
+    """The parameters whose union ``members`` are exactly those of others in ``among``."""
     found: dict[str, tuple[str, ...]] = {}
     for code, mine in members.items():
         if len(mine) < 2:
@@ -198,10 +197,11 @@ def _unions(params: dict[str, SearchParam], among: frozenset[str]
 def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
     """``params`` with ``parts`` set where a parameter is a union of others (of those that
     are not unions themselves, so that every part has rows of its own)."""
-    unions = _unions(params, frozenset(params))
+    members = {code: _members(p) for code, p in params.items() if p.expression}
+    unions = _unions(params, members, frozenset(params))
     if not unions:
         return params
-    unions = _unions(params, frozenset(params) - unions.keys())
+    unions = _unions(params, members, frozenset(params) - unions.keys())
     return {code: replace(p, parts=unions[code]) if code in unions else p
             for code, p in params.items()}
 

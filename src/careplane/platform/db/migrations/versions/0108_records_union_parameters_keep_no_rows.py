@@ -20,25 +20,26 @@ down_revision = '0107'
 branch_labels = None
 depends_on = None
 
+# The value columns of each index table concerned.
+_TOKEN = ("system", "code", "text")
+_QUANTITY = ("low", "high", "system", "code", "canonical_low", "canonical_high",
+             "canonical_code")
+_COMPOSITE = ("a_system", "a_code", "system", "code", "low", "high", "canonical_low",
+              "canonical_high", "canonical_code", "date_low", "date_high", "value", "exact")
+
 # (index table, union parameter, its parts, the table's value columns)
 _UNIONS = (
-    ("fhir_idx_token", "combo-code", ("code", "component-code"),
-     ("system", "code", "text")),
+    ("fhir_idx_token", "combo-code", ("code", "component-code"), _TOKEN),
     ("fhir_idx_token", "combo-data-absent-reason",
-     ("data-absent-reason", "component-data-absent-reason"), ("system", "code", "text")),
+     ("data-absent-reason", "component-data-absent-reason"), _TOKEN),
     ("fhir_idx_token", "combo-value-concept", ("value-concept", "component-value-concept"),
-     ("system", "code", "text")),
+     _TOKEN),
     ("fhir_idx_quantity", "combo-value-quantity",
-     ("value-quantity", "component-value-quantity"),
-     ("low", "high", "system", "code", "canonical_low", "canonical_high", "canonical_code")),
+     ("value-quantity", "component-value-quantity"), _QUANTITY),
     ("fhir_idx_composite", "combo-code-value-concept",
-     ("code-value-concept", "component-code-value-concept"),
-     ("a_system", "a_code", "system", "code", "low", "high", "canonical_low",
-      "canonical_high", "canonical_code", "date_low", "date_high", "value", "exact")),
+     ("code-value-concept", "component-code-value-concept"), _COMPOSITE),
     ("fhir_idx_composite", "combo-code-value-quantity",
-     ("code-value-quantity", "component-code-value-quantity"),
-     ("a_system", "a_code", "system", "code", "low", "high", "canonical_low",
-      "canonical_high", "canonical_code", "date_low", "date_high", "value", "exact")),
+     ("code-value-quantity", "component-code-value-quantity"), _COMPOSITE),
 )
 
 
