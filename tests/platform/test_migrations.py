@@ -29,19 +29,21 @@ def test_the_models_declare_what_the_migrations_build(tmp_path: Path) -> None:
     assert differences == [], "\n".join(str(d)[:300] for d in differences)
 
 
-def test_0108_removes_the_combo_rows_and_its_downgrade_writes_them_back(tmp_path: Path
-                                                                         ) -> None:
+def _rows_across(tmp_path: Path, before: str, after: str, rtype: str,
+                 rows: list[tuple[str, dict[str, str]]], read: str
+                 ) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
+    """Index rows of one resource (pk 1, of ``rtype``) stored at revision ``before``: what
+    ``read`` finds of them after upgrading to ``after``, and after downgrading again."""
     from alembic import command
     from sqlalchemy import text
 
     from careplane.platform.db._migrate import _config
 
-    db = Database(f"sqlite:///{tmp_path / 'combo.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'rows.db'}")
 
-    def rows() -> set[tuple[str, str]]:
+    def found() -> set[tuple[str, ...]]:
         with db.engine.connect() as conn:
-            return {(p, c) for p, c in conn.execute(text(
-                "SELECT param, code FROM fhir_idx_token WHERE resource_pk = 1"))}
+            return {tuple(row) for row in conn.execute(text(read))}
 
     def go(step: str, to: str) -> None:
         with db.engine.begin() as conn:
@@ -51,21 +53,47 @@ def test_0108_removes_the_combo_rows_and_its_downgrade_writes_them_back(tmp_path
 
     try:
         migrate(db)
-        go("downgrade", "0107")
-        with db.engine.begin() as conn:  # an Observation indexed before 0108
+        go("downgrade", before)
+        with db.engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO fhir_resource (pk, resource_type, id, org_id, version, "
-                "last_updated, deleted) VALUES (1, 'Observation', 'bp', 'o', 1, "
-                "'2025-01-01 00:00:00', 0)"))
-            for param, code in (("code", "85354-9"), ("component-code", "8480-6"),
-                                ("combo-code", "85354-9"), ("combo-code", "8480-6")):
-                conn.execute(text(
-                    "INSERT INTO fhir_idx_token (resource_pk, resource_type, param, code) "
-                    "VALUES (1, 'Observation', :p, :c)"), {"p": param, "c": code})
-        go("upgrade", "0108")
-        assert rows() == {("code", "85354-9"), ("component-code", "8480-6")}
-        go("downgrade", "0107")
-        assert rows() == {("code", "85354-9"), ("component-code", "8480-6"),
-                          ("combo-code", "85354-9"), ("combo-code", "8480-6")}
+                "last_updated, deleted) VALUES (1, :t, 'x', 'o', 1, '2025-01-01 00:00:00', 0)"),
+                {"t": rtype})
+            for insert, values in rows:
+                conn.execute(text(insert), {"t": rtype, **values})
+        go("upgrade", after)
+        upgraded = found()
+        go("downgrade", before)
+        return upgraded, found()
     finally:
         db.dispose()
+
+
+def test_0108_removes_the_combo_rows_and_its_downgrade_writes_them_back(tmp_path: Path
+                                                                         ) -> None:
+    stored = {("code", "85354-9"), ("component-code", "8480-6"), ("combo-code", "85354-9"),
+              ("combo-code", "8480-6")}
+    insert = ("INSERT INTO fhir_idx_token (resource_pk, resource_type, param, code) "
+              "VALUES (1, :t, :p, :c)")
+    upgraded, downgraded = _rows_across(
+        tmp_path, "0107", "0108", "Observation",
+        [(insert, {"p": p, "c": c}) for p, c in stored],
+        "SELECT param, code FROM fhir_idx_token WHERE resource_pk = 1")
+    assert upgraded == {("code", "85354-9"), ("component-code", "8480-6")}
+    assert downgraded == stored
+
+
+def test_0110_removes_the_narrowed_reference_rows_and_its_downgrade_writes_them_back(
+        tmp_path: Path) -> None:
+    stored = {("subject", "Patient", "p1"), ("patient", "Patient", "p1"),
+              ("participant", "Practitioner", "d1"), ("participant", "RelatedPerson", "r1"),
+              ("practitioner", "Practitioner", "d1")}
+    insert = ("INSERT INTO fhir_idx_reference (resource_pk, resource_type, param, "
+              "target_type, target_id) VALUES (1, :t, :p, :tt, :i)")
+    upgraded, downgraded = _rows_across(
+        tmp_path, "0109", "0110", "Encounter",
+        [(insert, {"p": p, "tt": t, "i": i}) for p, t, i in stored],
+        "SELECT param, target_type, target_id FROM fhir_idx_reference WHERE resource_pk = 1")
+    assert upgraded == {("subject", "Patient", "p1"), ("participant", "Practitioner", "d1"),
+                        ("participant", "RelatedPerson", "r1")}
+    assert downgraded == stored

@@ -132,6 +132,28 @@ def test_a_union_parameter_keeps_no_rows_of_its_own() -> None:
     assert {r["param"] for kind in found.values() for r in kind} >= {
         "code", "component-code", "component-value-quantity", "component-code-value-quantity"}
     assert not any(r["param"].startswith("combo-") for kind in found.values() for r in kind)
-    assert stored_under("Observation", "combo-code") == ("code", "component-code")
-    assert stored_under("Observation", "code") == ("code",)
-    assert stored_under("Observation", "code:of-type") == ("code:of-type",)
+    assert stored_under("Observation", "combo-code") == (("code", "component-code"), None)
+    assert stored_under("Observation", "code") == (("code",), None)
+    assert stored_under("Observation", "code:of-type") == (("code:of-type",), None)
+
+
+def test_a_parameter_narrowed_to_one_target_type_keeps_only_its_identifier_rows() -> None:
+    encounter = {
+        "resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+        "subject": {"reference": "Patient/p1",
+                    "identifier": {"system": "urn:mrn", "value": "123"}},
+        "participant": [{"individual": {"reference": "Practitioner/d1"}},
+                        {"individual": {"reference": "RelatedPerson/r1"}}]}
+    indexed = index_resource(encounter)
+    refs = {(r["param"], r["target_type"], r["target_id"]) for r in indexed.rows["reference"]}
+    assert refs == {("subject", "Patient", "p1"), ("participant", "Practitioner", "d1"),
+                    ("participant", "RelatedPerson", "r1")}
+    idents = {(r["param"], r["code"]) for r in indexed.rows["token"]
+              if r["param"].endswith(":identifier")}
+    assert idents == {("subject:identifier", "123"), ("patient:identifier", "123")}
+    # compartments still come from the narrowed parameters' values, through their parts'
+    assert indexed.patient_id == "p1"
+    assert {("Patient", "p1"), ("Practitioner", "d1"), ("RelatedPerson", "r1")} \
+        <= set(indexed.compartments)
+    assert stored_under("Encounter", "patient") == (("subject",), "Patient")
+    assert stored_under("Encounter", "practitioner") == (("participant",), "Practitioner")

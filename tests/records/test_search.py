@@ -211,6 +211,42 @@ def test_references_chains_and_reverse_chains(fhir: Fhir, people: dict[str, str]
     assert set(ids("Observation", {"subject": absolute})) == hr
 
 
+def test_a_narrowed_parameter_finds_only_its_parts_references_to_its_type(
+        fhir: Fhir, people: dict[str, str]) -> None:
+    """``patient`` is ``subject.where(resolve() is Patient)``: searched on the subject rows,
+    it must still leave out an Observation about a Group, in every path that reads it."""
+    ids = fhir.ids
+    peter = people["peter"]
+    group = fhir.create({"resourceType": "Group", "type": "person", "actual": True})["id"]
+    about_group = fhir.create(observation(f"Group/{group}", value=80))["id"]
+    hr = {people["hr1"], people["hr2"]}
+    every = {people["hr1"], people["hr2"], people["glu"], people["txt"]}
+    assert ids("Observation", {"subject": group}) == [about_group]
+    assert ids("Observation", {"patient": group}) == []
+    assert set(ids("Observation", {"patient": peter})) == hr
+    assert ids("Observation", {"patient:missing": "true"}) == [about_group]
+    assert set(ids("Observation", {"patient:missing": "false"})) == every
+    assert set(ids("Observation", {"patient:not": f"Patient/{people['zoe']}"})) \
+        >= hr | {about_group}
+    assert set(ids("Observation", {"patient.gender": "male"})) == hr
+    assert ids("Group", {"_has:Observation:patient:code": "8867-4"}) == []
+    assert ids("Group", {"_has:Observation:subject:code": "8867-4"}) == [group]
+    included = fhir.search("Observation", {"_id": about_group, "_include": "Observation:patient"})
+    assert [e["resource"]["id"] for e in included["entry"]] == [about_group]
+    rev = fhir.search("Group", {"_id": group, "_revinclude": "Observation:patient"})
+    assert [e["resource"]["id"] for e in rev["entry"]] == [group]
+    rev = fhir.search("Patient", {"_id": peter, "_revinclude": "Observation:patient"})
+    assert {e["resource"]["id"] for e in rev["entry"]} == {peter} | hr
+    ordered = ids("Observation", {"code": "8867-4", "_sort": "patient"})
+    assert set(ordered[:2]) == hr and ordered[2:] == [about_group]  # no patient: last
+    # its :identifier rows are its own
+    fhir.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                 "subject": {"reference": f"Group/{group}",
+                             "identifier": {"system": "urn:grp", "value": "g1"}}})
+    assert ids("Observation", {"patient:identifier": "urn:grp|g1"}) == []
+    assert len(ids("Observation", {"subject:identifier": "urn:grp|g1"})) == 1
+
+
 def _pages(fhir: Fhir, rtype: str, params: dict[str, str]) -> list[str]:
     """The ids of every page of a search, following its next links."""
     bundle = fhir.search(rtype, params)

@@ -104,11 +104,28 @@ def test_a_union_of_other_parameters_names_them_as_its_parts() -> None:
     # a union that is not exactly other parameters' keeps rows of its own
     assert spec.search_parameters("Patient")["name"].parts == ()
     unions = {(t, c) for t in spec.resource_types()
-              for c, p in spec.search_parameters(t).items() if p.parts}
+              for c, p in spec.search_parameters(t).items() if p.parts and not p.parts_target}
     assert {c for _, c in unions} == {"combo-code", "combo-code-value-concept",
                                       "combo-code-value-quantity", "combo-data-absent-reason",
                                       "combo-value-concept", "combo-value-quantity"}
     assert {t for t, _ in unions} == {"Observation"}
+
+
+def test_a_parameter_of_references_to_one_type_names_the_parameters_it_narrows() -> None:
+    obs = spec.search_parameters("Observation")
+    assert (obs["patient"].parts, obs["patient"].parts_target) == (("subject",), "Patient")
+    assert (obs["subject"].parts, obs["subject"].parts_target) == ((), None)
+    # every member narrowed to the same type, over two other parameters
+    audit = spec.search_parameters("AuditEvent")["patient"]
+    assert (audit.parts, audit.parts_target) == (("agent", "entity"), "Patient")
+    encounter = spec.search_parameters("Encounter")["practitioner"]
+    assert (encounter.parts, encounter.parts_target) == (("participant",), "Practitioner")
+    # a plain element of its own (AllergyIntolerance.patient) is not narrowed
+    assert spec.search_parameters("AllergyIntolerance")["patient"].parts == ()
+    narrowed = {(t, c) for t in spec.resource_types()
+                for c, p in spec.search_parameters(t).items() if p.parts_target}
+    assert len(narrowed) == 48
+    assert {c for _, c in narrowed} == {"patient", "practitioner", "location", "relatedperson"}
 
 
 def test_composite_components_are_resolved() -> None:

@@ -140,6 +140,9 @@ class _Step:
     parts: tuple[_Part, ...]       # one per route of the expression
     keys: frozenset[str] | None    # the top-level elements it reads; None: unknown
     where: str                     # ``Type.code``, named in a refusal
+    # a reference parameter searched on its parts' rows (SearchParam.parts_target): it
+    # writes only its ``:identifier`` rows, which its parts' cannot tell apart by target
+    identifiers_only: bool = False
 
 
 def _fhirpath_part(extract: Extractor) -> _Part:
@@ -153,13 +156,13 @@ def _indexing_plan(resource_type: str) -> tuple[_Step, ...]:
     out = []
     for param, extract in indexed_params(resource_type):
         assert param.expression is not None
-        if param.parts:
+        if param.parts and param.parts_target is None:
             continue  # searched on its parts' rows (see stored_under)
         getters = compile_getters(param.expression, resource_type)
         parts = getters if getters is not None else (_fhirpath_part(extract),)
         out.append(_Step(param.code, param.type, parts,
                          first_keys(param.expression, resource_type),
-                         f"{resource_type}.{param.code}"))
+                         f"{resource_type}.{param.code}", bool(param.parts)))
     return tuple(out)
 
 
@@ -186,24 +189,42 @@ def composite_params(resource_type: str) -> tuple[tuple[SearchParam, CompositeEx
 
 @cache
 def _compartment_params(resource_type: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Per compartment, the parameters that put a resource in it, patient-naming first."""
+    """Per compartment, the parameters whose reference rows put a resource in it,
+    patient-naming first (a parameter without rows of its own, by its parts': an
+    Observation's ``patient`` by its ``subject`` references to a Patient)."""
+    params = search_parameters(resource_type) if resource_type in resource_types() else {}
     out = []
     for compartment in sorted(COMPARTMENTS, key=lambda c: (c != "Patient", c)):
-        codes = sorted(compartment_params(compartment, resource_type), key=_compartment_order)
+        named = sorted(compartment_params(compartment, resource_type), key=_compartment_order)
+        codes: list[str] = []
+        for code in named:
+            param = params.get(code)
+            if param is None or not param.parts:
+                stored: tuple[str, ...] = (code,)
+            elif param.parts_target in (None, compartment):
+                stored = param.parts
+            else:
+                stored = ()  # its references all point at another type than the compartment
+            codes += [c for c in stored if c not in codes]
         if codes or compartment == resource_type:
             out.append((compartment, tuple(codes)))
     return tuple(out)
 
 
 @cache
-def stored_under(resource_type: str, code: str) -> tuple[str, ...]:
+def stored_under(resource_type: str, code: str) -> tuple[tuple[str, ...], str | None]:
     """The ``param`` values of the index rows that hold the values of ``resource_type``'s
-    parameter ``code``: its own, or those of its parts (``SearchParam.parts``: an
-    Observation's ``combo-code`` rows would repeat its ``code`` and ``component-code`` rows,
-    a quarter of its index rows)."""
+    parameter ``code``, and the type their references must point at (None: any).
+
+    Its own rows, or those of its parts (``SearchParam.parts``): an Observation's
+    ``combo-code`` rows would repeat its ``code`` and ``component-code`` rows, a quarter of
+    its index rows, and its ``patient`` rows its ``subject`` rows that point at a Patient
+    (``SearchParam.parts_target``), one in eight."""
     param = search_parameters(resource_type).get(code) if resource_type in resource_types() \
         else None
-    return param.parts if param is not None and param.parts else (code,)
+    if param is None or not param.parts:
+        return (code,), None
+    return param.parts, param.parts_target
 
 
 def load_plans() -> None:
@@ -488,7 +509,7 @@ def index_resource(resource: dict[str, Any]) -> IndexRows:
                     if shape == "Identifier":
                         _of_type(rtype, code, v, rows)
                 elif kind == "reference":
-                    for target in _references(v, shape):
+                    for target in () if step.identifiers_only else _references(v, shape):
                         if target not in seen:
                             seen.add(target)
                             rows.append((rtype, code, *target))

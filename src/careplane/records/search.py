@@ -50,6 +50,7 @@ from careplane.records.search_sql import (
     chain_references,
     criterion_clause,
     live,
+    param_is,
     sort_columns,
     typed_by,
     visible,
@@ -417,7 +418,7 @@ def _fetch_forward(session: Session, scope: Scope, sources: list[Found], inc: In
     conds = [t.c.resource_pk.in_(pks), t.c.resource_type == inc.source,
              visible(r2, scope, types), r2.c.deleted == false()]
     if inc.param != "*":
-        conds.append(t.c.param == inc.param)
+        conds.append(param_is(t, inc.source, inc.param))
     if inc.target:
         conds.append(r2.c.resource_type == inc.target)
     stmt = (_with_content(r2)
@@ -442,7 +443,7 @@ def _fetch_reverse(session: Session, scope: Scope, targets: list[Found], inc: In
              or_(*(and_(t.c.target_type == k, t.c.target_id.in_(v))
                    for k, v in by_type.items()))]
     if inc.param != "*":
-        conds.append(t.c.param == inc.param)
+        conds.append(param_is(t, inc.source, inc.param))
     stmt = (_with_content(r2).join(t, t.c.resource_pk == r2.c.pk)
             .where(*conds).limit(MAX_INCLUDED))
     return [Found(row.pk, row.resource_type, row.id, row.content, "include")

@@ -64,7 +64,7 @@ from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
 
 __all__ = ["ANY_TYPE", "CONTENT_INDEXES", "Scope", "chain_references", "criterion_clause",
-           "live", "sort_columns", "typed_by", "visible"]
+           "live", "param_is", "sort_columns", "typed_by", "visible"]
 
 _TOP = "\U0010ffff"
 #: The resource type a system-wide search (``GET /fhir?...`` without ``_type``) is built for:
@@ -391,13 +391,14 @@ def _rows(resource_type: str, code: str, ptype: str) -> tuple[FromClause, Select
     if resource_type == ANY_TYPE:
         return t, select(t.c.resource_pk).where(t.c.param == code)
     return t, select(t.c.resource_pk).where(t.c.resource_type == resource_type,
-                                            _param_is(t, resource_type, code))
+                                            param_is(t, resource_type, code))
 
 
-def _param_is(t: FromClause, resource_type: str, code: str) -> ColumnElement[bool]:
+def param_is(t: FromClause, resource_type: str, code: str) -> ColumnElement[bool]:
     """The index rows of parameter ``code`` (or of its parts, see indexer.stored_under)."""
-    stored = stored_under(resource_type, code)
-    return t.c.param == code if stored == (code,) else t.c.param.in_(stored)
+    stored, target = stored_under(resource_type, code)
+    test = t.c.param == stored[0] if len(stored) == 1 else t.c.param.in_(stored)
+    return test if target is None else and_(test, t.c.target_type == target)
 
 
 def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,
@@ -636,7 +637,7 @@ def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Sc
     r2 = resource.alias()
     ids = (select(t.c.target_id)
            .join(r2, r2.c.pk == t.c.resource_pk)
-           .where(t.c.resource_type == source, t.c.param == ref_code,
+           .where(t.c.resource_type == source, param_is(t, source, ref_code),
                   t.c.target_type == resource_type, live(r2, source, scope, typed=False),
                   criterion_clause(r2, source, inner, scope)))
     return r.c.id.in_(ids)
@@ -682,7 +683,7 @@ def sort_columns(r: FromClause, resource_type: str, keys: list[SortKey]) -> list
                 name = _SORT_COLUMN[key.type]
             agg = func.max if key.descending else func.min
             col = (select(agg(t.c[name])).where(t.c.resource_pk == r.c.pk,
-                                                 _param_is(t, resource_type, key.name))
+                                                 param_is(t, resource_type, key.name))
                    .scalar_subquery())
         terms.append(col.desc().nulls_last() if key.descending else col.asc().nulls_last())
     terms.append(r.c.pk.asc())

@@ -17,6 +17,7 @@ ask for with ``include_supplementary=True``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
@@ -87,6 +88,10 @@ class SearchParam:
     ``parts`` names, for a parameter whose expression is the union of other parameters' of
     the same type (``combo-code`` is ``code`` and ``component-code``), those parameters: its
     values are theirs, so it needs no index rows of its own and is searched on theirs.
+    ``parts_target`` narrows them to the references that point at one type: an Observation's
+    ``patient`` is ``Observation.subject.where(resolve() is Patient)``, so its values are the
+    ``subject`` references to a Patient (``parts`` is ``("subject",)``, ``parts_target``
+    ``"Patient"``).
     """
 
     code: str
@@ -106,6 +111,7 @@ class SearchParam:
     components: tuple[Component, ...] = ()
     origin: Origin = "core"
     parts: tuple[str, ...] = ()
+    parts_target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,14 +202,45 @@ def _unions(params: dict[str, SearchParam], members: dict[str, frozenset[str]],
 
 def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
     """``params`` with ``parts`` set where a parameter is a union of others (of those that
-    are not unions themselves, so that every part has rows of its own)."""
+    are not unions themselves, so that every part has rows of its own), or the references of
+    others that point at one type."""
     members = {code: _members(p) for code, p in params.items() if p.expression}
     unions = _unions(params, members, frozenset(params))
-    if not unions:
+    if unions:
+        unions = _unions(params, members, frozenset(params) - unions.keys())
+    narrowed = _narrowed(params, members, frozenset(params) - unions.keys())
+    if not unions and not narrowed:
         return params
-    unions = _unions(params, members, frozenset(params) - unions.keys())
-    return {code: replace(p, parts=unions[code]) if code in unions else p
-            for code, p in params.items()}
+    out = dict(params)
+    for code, parts in unions.items():
+        out[code] = replace(params[code], parts=parts)
+    for code, (parts, target) in narrowed.items():
+        out[code] = replace(params[code], parts=parts, parts_target=target)
+    return out
+
+
+_POINTS_AT = re.compile(r"(?P<path>.+)\.where\(resolve\(\)\s+is\s+(?P<type>[A-Za-z]+)\)")
+
+
+def _narrowed(params: dict[str, SearchParam], members: dict[str, frozenset[str]],
+              among: frozenset[str]) -> dict[str, tuple[tuple[str, ...], str]]:
+    """The reference parameters whose every union member is ``X.where(resolve() is T)``,
+    one ``T``, where the ``X`` are exactly the members of other reference parameters in
+    ``among``: those parameters, and ``T``."""
+    found: dict[str, tuple[tuple[str, ...], str]] = {}
+    for code, mine in members.items():
+        if params[code].type != "reference":
+            continue
+        matches = [_POINTS_AT.fullmatch(m) for m in mine]
+        targets = {m.group("type") for m in matches if m is not None}
+        if None in matches or len(targets) != 1:
+            continue
+        wider = frozenset(m.group("path").strip() for m in matches if m is not None)
+        subs = sorted(o for o in among & members.keys() if o != code
+                      and params[o].type == "reference" and members[o] <= wider)
+        if subs and frozenset().union(*(members[o] for o in subs)) == wider:
+            found[code] = (tuple(subs), targets.pop())
+    return found
 
 
 def _make(rec: dict[str, Any], base: str, resource_type: str) -> SearchParam:
