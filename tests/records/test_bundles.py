@@ -85,6 +85,45 @@ def test_transaction_resolves_urn_uuid_references(fhir: Fhir) -> None:
     assert "resource" not in minimal and minimal["response"]["location"]
 
 
+def test_each_condition_of_a_transaction_is_answered_on_its_own(fhir: Fhir, db: Database
+                                                                ) -> None:
+    """A transaction's conditions are searched together; each entry still gets its own
+    answer, and a condition that matches twice or cannot be searched names its entry."""
+    def org(value: str) -> dict[str, Any]:
+        return {"resourceType": "Organization", "name": value,
+                "identifier": [{"system": "urn:org", "value": value}]}
+
+    kept = fhir.create(org("kept"))["id"]
+    twice = [fhir.create(org("twice"))["id"] for _ in range(2)]
+    r = fhir.post("", bundle(
+        "transaction",
+        entry("POST", "Organization", org("new"), ifNoneExist="identifier=urn:org|new"),
+        entry("POST", "Organization", org("kept"), ifNoneExist="identifier=urn:org|kept"),
+        entry("PUT", "Organization?identifier=urn:org|other", org("other")),
+        entry("PUT", "Organization?identifier=urn:org|kept", {**org("kept"), "active": True}),
+    ))
+    assert r.status_code == 200, r.text
+    out = r.json()["entry"]
+    assert [e["response"]["status"] for e in out] == ["201 Created", "200 OK", "201 Created",
+                                                      "200 OK"]
+    assert out[1]["resource"]["id"] == out[3]["resource"]["id"] == kept
+    assert out[3]["resource"]["active"] is True
+    assert len({e["resource"]["id"] for e in out}) == 3
+    before = stored_rows(db)
+    for bad, status, code in (("identifier=urn:org|twice", 412, "multiple-matches"),
+                              ("colour=blue", 400, "")):
+        r = fhir.post("", bundle(
+            "transaction",
+            entry("POST", "Organization", org("more"), ifNoneExist="identifier=urn:org|more"),
+            entry("POST", "Organization", org("twice"), ifNoneExist=bad)))
+        assert r.status_code == status, r.text
+        issue = r.json()["issue"][0]
+        assert "Bundle.entry[1]" in issue["diagnostics"], issue
+        assert code in issue["code"]
+        assert stored_rows(db) == before
+    assert sorted(fhir.ids("Organization", {"identifier": "urn:org|twice"})) == sorted(twice)
+
+
 @pytest.mark.parametrize("failing", ["invalid", "if-match", "dangling", "conditional"])
 def test_a_failing_entry_leaves_nothing_of_the_others(fhir: Fhir, db: Database,
                                                       failing: str) -> None:

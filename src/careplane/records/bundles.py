@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 from careplane.records import store
 from careplane.records.access import SOURCE, Action, check, target
 from careplane.records.errors import FhirError, Issue
-from careplane.records.search import run_search, searchset
-from careplane.records.search_params import parse_search
+from careplane.records.search import conditions_of, first_matches, run_search, searchset
+from careplane.records.search_params import SearchRequest, parse_search
 from careplane.records.spec import resource_types
 from careplane.records.validation import check_id, validate_resource
 from careplane.records.values import format_instant
@@ -175,13 +175,17 @@ def _rewrite_dict(node: dict[str, Any], resolve: Callable[[str], str | None]
     return out
 
 
-def _matching(session: Session, principal: Principal, rtype: str,
-              query: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
-    """(id, content) of the caller's resources matching a condition (strict: no guessing)."""
+def _condition(rtype: str, query: list[tuple[str, str]]) -> SearchRequest:
+    """A condition as a search of the first matches (strict: no guessing)."""
     if not query:
         raise FhirError.of(400, "invalid", "a condition needs at least one search parameter")
-    req = parse_search(rtype, [*query, ("_count", "2"), ("_total", "none")], strict=True)
-    result = run_search(session, principal, req)
+    return parse_search(rtype, [*query, ("_count", "2"), ("_total", "none")], strict=True)
+
+
+def _matching(session: Session, principal: Principal, rtype: str,
+              query: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
+    """(id, content) of the caller's resources matching a condition."""
+    result = run_search(session, principal, _condition(rtype, query))
     return [(f.id, f.content) for f in result.matches]
 
 
@@ -340,16 +344,18 @@ def _conditions(session: Session, principal: Principal, entries: list[_Entry]
     creates = [e for e in entries if e.method == "POST" and e.if_none_exist is not None]
     changes = [e for e in entries
                if e.method in ("PUT", "DELETE") and e.rid is None and e.query]
-    found = {e.index: _condition_search(session, principal, e) for e in (*creates, *changes)}
-    creating = [e for e in (*creates, *changes) if not found[e.index] and e.method != "DELETE"]
+    conditional = [*creates, *changes]
+    found = dict(zip([e.index for e in conditional],
+                     _condition_matches(session, principal, conditional), strict=True))
+    creating = [e for e in conditional if not found[e.index] and e.method != "DELETE"]
     if creating and session.get_bind().dialect.name == "postgresql":
         session.execute(text(
             "SELECT pg_advisory_xact_lock(:space, hashtext(c)) "
             "FROM unnest(CAST(:conditions AS text[])) AS t(c)"),
             {"space": _CONDITION_LOCKS,
              "conditions": sorted({_condition_text(e) for e in creating})})
-        for e in creating:
-            found[e.index] = _condition_search(session, principal, e)
+        found.update(zip([e.index for e in creating],
+                         _condition_matches(session, principal, creating), strict=True))
     return found
 
 
@@ -359,20 +365,26 @@ def _condition_text(e: _Entry) -> str:
     return f"{e.rtype}?{query}"
 
 
-def _condition_search(session: Session, principal: Principal, e: _Entry
-                      ) -> list[tuple[str, dict[str, Any]]]:
-    assert e.rtype is not None
-    query = parse_qsl((e.if_none_exist or "").lstrip("?"), keep_blank_values=True) \
-        if e.method == "POST" else (e.query or [])
-    try:
-        found = _matching(session, principal, e.rtype, query)
-    except FhirError as exc:
-        raise _entry_error(e.index, exc) from None
-    if len(found) > 1:
-        what = "ifNoneExist" if e.method == "POST" else "the condition"
-        raise _entry_error(e.index, FhirError.of(
-            412, "multiple-matches", f"{what} matches {len(found)} resources"))
-    return found
+def _condition_matches(session: Session, principal: Principal, entries: list[_Entry]
+                       ) -> list[list[tuple[str, dict[str, Any]]]]:
+    """(id, content) of what each entry's condition matches, all found by one statement;
+    more than one match refuses the entry (412)."""
+    searches = []
+    for e in entries:
+        assert e.rtype is not None
+        query = parse_qsl((e.if_none_exist or "").lstrip("?"), keep_blank_values=True) \
+            if e.method == "POST" else (e.query or [])
+        try:
+            searches.append(conditions_of(session, principal, _condition(e.rtype, query)))
+        except FhirError as exc:
+            raise _entry_error(e.index, exc) from None
+    found = first_matches(session, searches)
+    for e, matches in zip(entries, found, strict=True):
+        if len(matches) > 1:
+            what = "ifNoneExist" if e.method == "POST" else "the condition"
+            raise _entry_error(e.index, FhirError.of(
+                412, "multiple-matches", f"{what} matches {len(matches)} resources"))
+    return [[(f.id, f.content) for f in matches] for matches in found]
 
 
 @dataclass

@@ -34,9 +34,11 @@ from sqlalchemy import (
     case,
     false,
     func,
+    literal,
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.orm import Session
 
@@ -65,7 +67,8 @@ from careplane.records.summary import shape
 from careplane.records.value_sets import resolve_value_sets
 from careplane.security import Principal
 
-__all__ = ["Found", "SearchResult", "run_search", "run_system_search", "searchset"]
+__all__ = ["Found", "SearchResult", "conditions_of", "first_matches", "run_search",
+           "run_system_search", "searchset"]
 
 MAX_INCLUDED = 1000
 ITERATE_ROUNDS = 3
@@ -170,6 +173,49 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
     left out; a conditional write's match leaves it to the write's own check, so a refused
     record is answered 403 rather than silently duplicated.
     """
+    scope, where = _criteria(session, principal, req, base=base, compartment=compartment,
+                             cross_org=cross_org, consent=consent, timeout_ms=timeout_ms)
+    return _page(session, scope, req, req.resource_type, where)
+
+
+def conditions_of(session: Session, principal: Principal, req: SearchRequest
+                  ) -> list[ColumnElement[bool]]:
+    """Authorise ``req`` as :func:`run_search` does (in the caller's organisation, audited)
+    and return the conditions a resource row meets when it matches, for
+    :func:`first_matches`."""
+    return _criteria(session, principal, req)[1]
+
+
+def first_matches(session: Session, searches: list[list[ColumnElement[bool]]], *,
+                  limit: int = 2) -> list[list[Found]]:
+    """The first ``limit`` matches (in key order) of each of ``searches`` (each the
+    conditions of :func:`conditions_of`), found by one statement: what the conditions of a
+    transaction's writes need to know (none, one, or more than one).
+
+    A transaction bundle names its organisation and practitioners by condition in every
+    bundle; one statement for all of them spares a round trip and a statement's overhead
+    per condition."""
+    if not searches:
+        return []
+    r = resource
+    parts = [select(literal(i).label("q"), r.c.pk.label("pk")).where(*where)
+             .order_by(r.c.pk).limit(limit).subquery().select()
+             for i, where in enumerate(searches)]
+    keys = (parts[0] if len(parts) == 1 else union_all(*parts)).subquery("condition_keys")
+    stmt = _with_content(r).add_columns(keys.c.q).join(keys, keys.c.pk == r.c.pk) \
+        .order_by(keys.c.q, r.c.pk)
+    found: list[list[Found]] = [[] for _ in searches]
+    for row in session.execute(stmt):
+        found[row.q].append(Found(row.pk, row.resource_type, row.id, row.content))
+    return found
+
+
+def _criteria(session: Session, principal: Principal, req: SearchRequest, *,
+              base: str = "", compartment: tuple[str, str] | None = None,
+              cross_org: bool = False, consent: bool | None = None,
+              timeout_ms: int = SEARCH_TIMEOUT_MS) -> tuple[Scope, list[ColumnElement[bool]]]:
+    """Authorise ``req`` (see :func:`run_search`) and turn it into the conditions a
+    resource row meets when it matches."""
     rtype = req.resource_type
     if compartment is None and principal.patient_id is not None and (
             rtype == "Patient" or compartment_params("Patient", rtype)):
@@ -197,7 +243,7 @@ def run_search(session: Session, principal: Principal, req: SearchRequest, *,
               for i, c in enumerate(criteria)]
     if compartment is not None:
         where.append(compartment_clause(r, rtype, compartment))
-    return _page(session, scope, req, rtype, where)
+    return scope, where
 
 
 def run_system_search(session: Session, principal: Principal, types: tuple[str, ...],
