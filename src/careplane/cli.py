@@ -255,19 +255,24 @@ def run_server(settings: Settings, *, tls_cert: Path | None = None,
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that
     # was installed before it; this one lets the cleanup below run instead of dying at once.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    # More than one HTTP worker: uvicorn starts each as a process of its own, which builds the
-    # application from the exported environment (careplane.app.app_from_environment).
-    served: Any = application if settings.http_workers == 1 \
-        else "careplane.app:app_from_environment"
+    # More than one HTTP worker: each is a process of its own, which builds the application
+    # from the exported environment (careplane.app.app_from_environment), and they share the
+    # connections (careplane.platform.http_workers).
+    workers = settings.http_workers
     from careplane.platform import heap
+    from careplane.platform.http_workers import run_workers
 
     heap.settle()
     # The app logs each request itself, by path only; uvicorn's access line would also log the
     # query string, where OAuth codes and viewer tokens can travel.
+    options: dict[str, Any] = dict(
+        host=settings.host, port=settings.port, log_config=None, access_log=False,
+        proxy_headers=True, forwarded_allow_ips="127.0.0.1", **tls)
     try:
-        uvicorn.run(served, host=settings.host, port=settings.port, log_config=None,
-                    access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-                    workers=settings.http_workers, factory=settings.http_workers > 1, **tls)
+        if workers == 1:
+            uvicorn.run(application, **options)
+        else:
+            run_workers("careplane.app:app_from_environment", workers, **options)
     finally:
         if dimse:
             dimse.stop()

@@ -8,12 +8,17 @@ stale. Viewers such as OHIF send dozens of requests in parallel.
 
 from __future__ import annotations
 
+import http.client
+import os
 import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import func, select
 
 from careplane.platform.db import Database
@@ -146,3 +151,62 @@ def test_several_http_workers_write_at_once_into_one_store(
         assert changes == 12 * 2
         stored = session.scalar(select(func.count()).select_from(resource))
     assert stored == 12 * 6
+
+
+def _holder(workers: list[int], port: int, client_port: int) -> int | None:
+    """Which of ``workers`` holds the server's end of the connection from ``client_port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
+        if int(local, 16) == port and int(remote, 16) == client_port:
+            inode = fields[9]
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_connections_that_arrive_together_are_shared_by_the_http_workers(
+        db_url: str, accounts: Accounts, tmp_path: Path) -> None:
+    """Two feeds that connect at the same moment and each keep their connection are
+    answered by different workers (one worker would otherwise do both's work on one core,
+    as it did in most such runs before the workers shared their connections)."""
+    account = accounts.make("feeds", Role.clinician)
+    headers = {**account.headers, "Content-Type": "application/fhir+json",
+               "Prefer": "return=minimal"}
+    with running_server(db_url, tmp_path / "data", http_workers=2) as base:
+        workers = _worker_processes(base)
+        port = int(base.rsplit(":", 1)[1])
+        log = tmp_path / "data" / f"server-{port}.log"
+        deadline = time.monotonic() + 60  # /readyz answered: one worker serves; wait for both
+        while log.read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        time.sleep(0.2)  # it listens just after it says so
+
+        def feed(n: int) -> int | None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("POST", "/fhir", body=_transaction(f"Together{n}", 40),
+                         headers=headers)
+            answer = conn.getresponse()
+            assert answer.status == 200, answer.read()[:300]
+            answer.read()
+            holder = _holder(workers, port, conn.sock.getsockname()[1])
+            conn.close()
+            return holder
+
+        shared = []
+        with ThreadPoolExecutor(2) as pool:
+            for n in range(8):
+                holders = set(pool.map(feed, (2 * n, 2 * n + 1)))
+                assert None not in holders
+                shared.append(len(holders) == 2)
+                time.sleep(0.2)  # the workers see the connections closed
+        # a worker held up past the patience (20 ms) on a busy machine may take both
+        assert shared.count(True) >= 7, shared
