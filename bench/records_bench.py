@@ -257,10 +257,36 @@ def serving(settings: Settings, http_workers: int = 1) -> Iterator[int]:
                     raise RuntimeError("careplane serve did not start: "
                                        + log.read_text()[-2000:]) from None
                 time.sleep(0.1)
+        _wait_idle(server.pid)
         yield port
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def _wait_idle(pid: int, timeout: float = 60) -> None:
+    """Until the processes under ``pid`` stop using CPU: every HTTP worker has loaded what it
+    loads at start and listens (/healthz answered by one worker says nothing of the others,
+    and a client that connects before they all listen stays with one that does)."""
+    def cpu_ticks() -> int:
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # ppid
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total
+
+    deadline = time.monotonic() + timeout
+    last = cpu_ticks()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_ticks()
+        if now - last <= 2:  # at most 20 ms of CPU in half a second
+            return
+        last = now
 
 
 def socket_ingest(settings: Settings, bodies: list[bytes], headers: dict[str, str],
