@@ -5,8 +5,8 @@ kernel wakes every worker for a new connection, and the first to ask takes it, w
 other connection then waiting (asyncio accepts all it can in one go). Two feeds that
 connect at the same moment therefore often land on one worker, which does the work of both
 on one core while the other idles; a keep-alive connection stays where it landed. Measured
-on bundle ingest from two clients to two workers: 7 runs in 9 put both connections on one
-worker, at 2,100-2,700 resources/s, against 3,000-3,600/s when each worker had one.
+on bundle ingest from two clients to two workers: 15 runs in 25 put both connections on one
+worker, at 1,700-2,700 resources/s, against 2,300-3,600/s when each worker had one.
 
 Here each worker takes a connection only while it holds no more open connections than the
 least busy live worker; one that holds more declines (the connection stays queued for a
