@@ -192,20 +192,14 @@ def _compartment_params(resource_type: str) -> tuple[tuple[str, tuple[str, ...]]
     """Per compartment, the parameters whose reference rows put a resource in it,
     patient-naming first (a parameter without rows of its own, by its parts': an
     Observation's ``patient`` by its ``subject`` references to a Patient)."""
-    params = search_parameters(resource_type) if resource_type in resource_types() else {}
     out = []
     for compartment in sorted(COMPARTMENTS, key=lambda c: (c != "Patient", c)):
         named = sorted(compartment_params(compartment, resource_type), key=_compartment_order)
         codes: list[str] = []
         for code in named:
-            param = params.get(code)
-            if param is None or not param.parts:
-                stored: tuple[str, ...] = (code,)
-            elif param.parts_target in (None, compartment):
-                stored = param.parts
-            else:
-                stored = ()  # its references all point at another type than the compartment
-            codes += [c for c in stored if c not in codes]
+            stored, target = stored_under(resource_type, code)
+            if target in (None, compartment):  # else all its references point elsewhere
+                codes += [c for c in stored if c not in codes]
         if codes or compartment == resource_type:
             out.append((compartment, tuple(codes)))
     return tuple(out)
