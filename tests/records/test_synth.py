@@ -167,6 +167,22 @@ def test_nothing_happens_after_death_or_after_today(population: list[dict[str, A
                     assert when[:10] >= patient["birthDate"]
 
 
+def test_a_shorter_history_keeps_visits_and_deaths_within_its_years() -> None:
+    one_year = list(generate(150, 11, start=TODAY, years=1))
+    window = date(2024, 6, 1).isoformat()
+    for bundle in one_year:
+        patient = patient_of(bundle)
+        assert patient.get("deceasedDateTime", TODAY.isoformat())[:10] >= window
+        for r in resources(bundle, "Encounter") + resources(bundle, "Observation"):
+            when = r.get("effectiveDateTime") or r["period"]["start"]
+            assert when[:10] >= window, (r["resourceType"], when)
+    five_years = list(generate(150, 11, start=TODAY))
+    shorter = sum(len(b["entry"]) for b in one_year)
+    assert shorter < 0.4 * sum(len(b["entry"]) for b in five_years)
+    with pytest.raises(ValueError, match="years"):
+        next(generate(1, 11, start=TODAY, years=0))
+
+
 def test_vital_signs_follow_the_fhir_profile(population: list[dict[str, Any]]) -> None:
     seen = Counter[str]()
     for bundle in population[:150]:
@@ -386,6 +402,12 @@ def test_command_prints_bundles_or_writes_files(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     printed = [json.loads(line) for line in result.stdout.splitlines()]
     assert printed == [json.loads(orjson.dumps(b)) for b in generate(2, 4, start=TODAY)]
+    result = runner.invoke(_cli(), ["-n", "2", "--seed", "4", "--start", "2025-06-01",
+                                    "--years", "1.5"])
+    assert result.exit_code == 0, result.output
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert printed == [json.loads(orjson.dumps(b))
+                       for b in generate(2, 4, start=TODAY, years=1.5)]
     result = runner.invoke(_cli(), ["-n", "2", "--out", str(tmp_path), "--start", "2025-06-01"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

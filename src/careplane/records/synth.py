@@ -16,8 +16,8 @@ files, one per resource type, with plain ids and ``Type/id`` references, for loa
 
 Everything a patient gets is drawn from one ``random.Random`` seeded by ``(seed, index)``, so a
 patient is the same whatever the population size, and a population is the same on any machine.
-The simulated "today" is ``start`` (default: the real today); the charts cover the five years
-before it.
+The simulated "today" is ``start`` (default: the real today); the charts cover the ``years``
+before it (five by default).
 """
 
 from __future__ import annotations
@@ -520,7 +520,8 @@ class _Condition:
 class _Patient:
     """Draws one patient's life over the record window and writes it as FHIR resources."""
 
-    def __init__(self, index: int, seed: int, today: int, org_name: str) -> None:
+    def __init__(self, index: int, seed: int, today: int, org_name: str,
+                 years: float = HISTORY_YEARS) -> None:
         # a seeded generator: reproducible made-up data, not a secret
         self.rng = rng = random.Random(f"careplane-synth:{seed}:{index}")  # noqa: S311
         self.index = index
@@ -535,10 +536,10 @@ class _Patient:
         self.death: int | None = None
         p_death = _band(age, ((50, 0.005), (65, 0.02), (80, 0.08), (200, 0.30)))
         if rng.random() < p_death:
-            self.death = today - rng.randint(1, max(1, min(int(HISTORY_YEARS * _YEAR),
+            self.death = today - rng.randint(1, max(1, min(int(years * _YEAR),
                                                            today - self.birth - 1)))
         self.end = self.death or today
-        self.start = max(self.birth, today - int(HISTORY_YEARS * _YEAR))
+        self.start = max(self.birth, today - int(years * _YEAR))
         self.gp = rng.choice(self.staff[:16])
         self.hospitalist = rng.choice(self.staff[16:])
         self.used_staff = {self.gp.full_url: self.gp}
@@ -1454,18 +1455,23 @@ def _today(start: date | None) -> int:
 
 
 def generate(patients: int, seed: int, *, start: date | None = None,
-             org_name: str = DEFAULT_ORG) -> Iterator[dict[str, Any]]:
+             org_name: str = DEFAULT_ORG, years: float = HISTORY_YEARS
+             ) -> Iterator[dict[str, Any]]:
     """Yield one FHIR transaction Bundle per patient, the same ones for the same arguments.
 
-    ``start`` is the simulated today (default: the real one): records cover the five years
-    before it. Patient ``i`` depends only on ``(seed, i, start, org_name)``.
+    ``start`` is the simulated today (default: the real one): records cover the ``years``
+    before it. Patient ``i`` depends only on ``(seed, i, start, org_name, years)``. A shorter
+    history gives fewer resources per patient, so that a population of national size fits on
+    a small machine's disk.
     """
     if patients < 0:
         raise ValueError("patients must be zero or more")
+    if years <= 0:
+        raise ValueError("years must be more than zero")
     today = _today(start)
     for index in range(patients):
         with _no_cycle_collection():
-            bundle = _Patient(index, seed, today, org_name).build()
+            bundle = _Patient(index, seed, today, org_name, years).build()
         yield bundle
 
 
@@ -1490,7 +1496,7 @@ _REFERENCE = re.compile(rb'"reference":"urn:uuid:([0-9a-f-]{36})"')
 
 
 def write_ndjson(out_dir: Path | str, patients: int, seed: int, *, start: date | None = None,
-                 org_name: str = DEFAULT_ORG) -> dict[str, int]:
+                 org_name: str = DEFAULT_ORG, years: float = HISTORY_YEARS) -> dict[str, int]:
     """Write Bulk Data NDJSON (``Patient.ndjson``, ``Observation.ndjson``...) into ``out_dir``.
 
     Resources get their ``urn:uuid`` as id and refer to each other as ``Type/id``; the
@@ -1502,7 +1508,7 @@ def write_ndjson(out_dir: Path | str, patients: int, seed: int, *, start: date |
     counts: dict[str, int] = {}
     seen: set[str] = set()
     try:
-        for bundle in generate(patients, seed, start=start, org_name=org_name):
+        for bundle in generate(patients, seed, start=start, org_name=org_name, years=years):
             types = {e["fullUrl"][9:]: e["resource"]["resourceType"] for e in bundle["entry"]}
 
             def local(m: re.Match[bytes], types: dict[str, str] = types) -> bytes:
@@ -1611,6 +1617,9 @@ def synth_command(
         help="with --load: the organisation slug, when the user belongs to several")] = None,
     start: Annotated[datetime | None, typer.Option(
         formats=["%Y-%m-%d"], help="the simulated today (default: today)")] = None,
+    years: Annotated[float, typer.Option(
+        min=0.1, help="how many years of history before today each chart covers")]
+    = HISTORY_YEARS,
     org_name: Annotated[str, typer.Option(help="the hospital named in the records")]
     = DEFAULT_ORG,
     data_dir: Annotated[Path | None, typer.Option(
@@ -1622,12 +1631,13 @@ def synth_command(
     summary: dict[str, Any] = {"patients": patients, "seed": seed}
     if out is not None:
         summary["ndjson"] = {"dir": str(out), "resources": write_ndjson(
-            out, patients, seed, start=day, org_name=org_name)}
+            out, patients, seed, start=day, org_name=org_name, years=years)}
     if load:
-        summary["loaded"] = _load_command(patients, seed, day, org_name, as_user, org,
-                                          data_dir)
+        summary["loaded"] = _load_command(
+            generate(patients, seed, start=day, org_name=org_name, years=years), as_user, org,
+            data_dir)
     if out is None and not load:
-        for bundle in generate(patients, seed, start=day, org_name=org_name):
+        for bundle in generate(patients, seed, start=day, org_name=org_name, years=years):
             sys.stdout.buffer.write(orjson.dumps(bundle) + b"\n")
         sys.stdout.flush()
         return
@@ -1635,8 +1645,8 @@ def synth_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _load_command(patients: int, seed: int, day: date | None, org_name: str, as_user: str,
-                  org: str | None, data_dir: Path | None) -> dict[str, int]:
+def _load_command(bundles: Iterable[dict[str, Any]], as_user: str, org: str | None,
+                  data_dir: Path | None) -> dict[str, int]:
     from sqlalchemy import select
 
     from careplane.platform.db import Database, DatabaseUnavailable, MigrationRequired, migrate
@@ -1677,8 +1687,7 @@ def _load_command(patients: int, seed: int, day: date | None, org_name: str, as_
 
         heap.settle()  # a long bulk load, as a server: see platform.heap
         try:
-            return load_bundles(db, principal, generate(patients, seed, start=day,
-                                                        org_name=org_name),
+            return load_bundles(db, principal, bundles,
                                 base=f"http://{settings.host}:{settings.port}/fhir")
         finally:
             with db.session() as session:
