@@ -64,7 +64,8 @@ from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
 
 __all__ = ["ANY_TYPE", "CONTENT_INDEXES", "Scope", "chain_references", "criterion_clause",
-           "live", "param_is", "sort_columns", "typed_by", "visible"]
+           "index_matches", "live", "param_is", "sort_columns", "typed_by", "visible",
+           "walk_candidates"]
 
 _TOP = "\U0010ffff"
 #: The resource type a system-wide search (``GET /fhir?...`` without ``_type``) is built for:
@@ -401,10 +402,51 @@ def param_is(t: FromClause, resource_type: str, code: str) -> ColumnElement[bool
     return test if target is None else and_(test, t.c.target_type == target)
 
 
+def index_matches(resource_type: str, crit: Criterion, scope: Scope
+                  ) -> tuple[FromClause, Select[Any]] | None:
+    """The index rows (their ``resource_pk``) whose resources match ``crit``, for a criterion
+    that is met by having such a row: a parameter's values, not a negation, ``:missing``,
+    chain, composite of three parts, full text, ``_filter`` or a test of the row itself.
+    None for the others."""
+    if (crit.filter is not None or crit.has is not None or crit.param is None
+            or crit.chains or crit.missing is not None or crit.type in ("near", "fulltext", "list")
+            or crit.modifier in ("not", "not-in")):
+        return None
+    code = crit.param.code
+    if crit.modifier in ("of-type", "identifier"):
+        # kept as token rows under their own name (see indexer.OF_TYPE, BY_IDENTIFIER)
+        t, rows = _rows(resource_type, f"{code}:{crit.modifier}", "token")
+        return t, rows.where(or_(*(_token_test(t.c.system, t.c.code, v)
+                                   for v in crit.values if isinstance(v, TokenValue))))
+    if crit.type == "composite" and three_part(crit.param):
+        return None
+    t, rows = _rows(resource_type, code, crit.type)
+    return t, rows.where(or_(*(_value_test(t, crit, v, scope) for v in crit.values)))
+
+
+def walk_candidates(resource_type: str, crit: Criterion, scope: Scope) -> Select[Any] | None:
+    """The index rows that bound how many rows of ``resource_type`` match ``crit``, for a
+    criterion that a walk of the type's rows can test (see :func:`criterion_clause`): its
+    own matches, or for ``_has`` those of its criterion on the referring type. None when it
+    cannot be walked."""
+    if crit.has is not None:
+        (_, inner), = crit.chains
+        if resource_type == ANY_TYPE or inner.has is not None:
+            return None
+        found = index_matches(crit.has[0], inner, scope)
+    else:
+        found = index_matches(resource_type, crit, scope)
+    return None if found is None else found[1]
+
+
 def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,
                      walk: bool = False) -> ColumnElement[bool]:
-    """The condition a resource row ``r`` of ``resource_type`` meets when it matches ``crit``
-    (``walk``: a chain as a test of each row, see :func:`_chain`)."""
+    """The condition a resource row ``r`` of ``resource_type`` meets when it matches ``crit``.
+
+    ``walk``: as a test of each row (a correlated EXISTS, which PostgreSQL does not flatten
+    into a join because of its OFFSET) rather than the set of matching rows, for a search
+    that walks its rows in key order and stops after the page (see :func:`_chain` and
+    ``search._walks``)."""
     if crit.filter is not None:
         return _filter(r, resource_type, crit.filter, scope)
     if crit.type == "near":
@@ -412,7 +454,7 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
     if crit.type == "fulltext":
         return _fulltext(r, resource_type, crit, scope)
     if crit.has is not None:
-        return _reverse_chain(r, resource_type, crit, scope)
+        return _reverse_chain(r, resource_type, crit, scope, walk=walk)
     if crit.type == "list":
         return _in_list(r, resource_type, crit, scope)
     if crit.param is None:
@@ -420,21 +462,20 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
     code = crit.param.code
     if crit.chains:
         return _chain(r, resource_type, crit, scope, walk=walk)
-    if crit.modifier in ("of-type", "identifier") and crit.missing is None:
-        # kept as token rows under their own name (see indexer.OF_TYPE, BY_IDENTIFIER)
-        t, rows = _rows(resource_type, f"{code}:{crit.modifier}", "token")
-        return r.c.pk.in_(rows.where(or_(*(_token_test(t.c.system, t.c.code, v)
-                                           for v in crit.values
-                                           if isinstance(v, TokenValue)))))
+    found = index_matches(resource_type, crit, scope)
+    if found is not None:
+        t, matching = found
+        if walk:
+            return exists(matching.with_only_columns(literal(1), maintain_column_froms=True)
+                          .where(t.c.resource_pk == r.c.pk).offset(0))
+        return r.c.pk.in_(matching)
     if crit.type == "composite" and three_part(crit.param):
         return _three_part(r, resource_type, crit, scope)
     t, rows = _rows(resource_type, code, crit.type)
     if crit.missing is not None:
         return r.c.pk.not_in(rows) if crit.missing else r.c.pk.in_(rows)
     matching = rows.where(or_(*(_value_test(t, crit, v, scope) for v in crit.values)))
-    if crit.modifier in ("not", "not-in"):
-        return r.c.pk.not_in(matching)
-    return r.c.pk.in_(matching)
+    return r.c.pk.not_in(matching)  # :not, :not-in
 
 
 def _filter(r: FromClause, resource_type: str, expr: FilterExpr, scope: Scope
@@ -628,8 +669,8 @@ def _chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,
     return exists(test)
 
 
-def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
-                   ) -> ColumnElement[bool]:
+def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,
+                   walk: bool = False) -> ColumnElement[bool]:
     assert crit.has is not None
     source, ref_code = crit.has
     (_, inner), = crit.chains
@@ -640,6 +681,9 @@ def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Sc
            .where(t.c.resource_type == source, param_is(t, source, ref_code),
                   t.c.target_type == resource_type, live(r2, source, scope, typed=False),
                   criterion_clause(r2, source, inner, scope)))
+    if walk:
+        return exists(ids.with_only_columns(literal(1), maintain_column_froms=True)
+                      .where(t.c.target_id == r.c.id).offset(0))
     return r.c.id.in_(ids)
 
 
