@@ -387,10 +387,13 @@ def _value_test(t: FromClause, crit: Criterion, value: Any, scope: Scope
 
 # -- criteria -------------------------------------------------------------------------------
 
-def _rows(resource_type: str, code: str, ptype: str) -> tuple[FromClause, Select[Any]]:
+def _rows(resource_type: str, code: str, ptype: str, *, typed: bool = True
+          ) -> tuple[FromClause, Select[Any]]:
     t = INDEX_TABLES[ptype]
     if resource_type == ANY_TYPE:
         return t, select(t.c.resource_pk).where(t.c.param == code)
+    if not typed:
+        return t, select(t.c.resource_pk).where(param_is(t, resource_type, code))
     return t, select(t.c.resource_pk).where(t.c.resource_type == resource_type,
                                             param_is(t, resource_type, code))
 
@@ -402,12 +405,18 @@ def param_is(t: FromClause, resource_type: str, code: str) -> ColumnElement[bool
     return test if target is None else and_(test, t.c.target_type == target)
 
 
-def index_matches(resource_type: str, crit: Criterion, scope: Scope
+def index_matches(resource_type: str, crit: Criterion, scope: Scope, *, typed: bool = True
                   ) -> tuple[FromClause, Select[Any]] | None:
     """The index rows (their ``resource_pk``) whose resources match ``crit``, for a criterion
     that is met by having such a row: a parameter's values, not a negation, ``:missing``,
     chain, composite of three parts, full text, ``_filter`` or a test of the row itself.
-    None for the others."""
+    None for the others.
+
+    ``typed=False`` leaves out the index rows' type, for a test of one resource's own rows
+    (a walk's): they carry its type, and without it PostgreSQL cannot take the value's index
+    for the test, which it would, expecting few rows where the statistics of all types
+    together mislead it (Patients born before 1960 looked like one, and were 1,670, read
+    again for each Patient walked)."""
     if (crit.filter is not None or crit.has is not None or crit.param is None
             or crit.chains or crit.missing is not None or crit.type in ("near", "fulltext", "list")
             or crit.modifier in ("not", "not-in")):
@@ -415,12 +424,12 @@ def index_matches(resource_type: str, crit: Criterion, scope: Scope
     code = crit.param.code
     if crit.modifier in ("of-type", "identifier"):
         # kept as token rows under their own name (see indexer.OF_TYPE, BY_IDENTIFIER)
-        t, rows = _rows(resource_type, f"{code}:{crit.modifier}", "token")
+        t, rows = _rows(resource_type, f"{code}:{crit.modifier}", "token", typed=typed)
         return t, rows.where(or_(*(_token_test(t.c.system, t.c.code, v)
                                    for v in crit.values if isinstance(v, TokenValue))))
     if crit.type == "composite" and three_part(crit.param):
         return None
-    t, rows = _rows(resource_type, code, crit.type)
+    t, rows = _rows(resource_type, code, crit.type, typed=typed)
     return t, rows.where(or_(*(_value_test(t, crit, v, scope) for v in crit.values)))
 
 
@@ -462,7 +471,7 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
     code = crit.param.code
     if crit.chains:
         return _chain(r, resource_type, crit, scope, walk=walk)
-    found = index_matches(resource_type, crit, scope)
+    found = index_matches(resource_type, crit, scope, typed=not walk)
     if found is not None:
         t, matching = found
         if walk:
