@@ -76,7 +76,7 @@ resource = Table(
     Index("ix_fhir_resource_patient", "patient_id"),
 )
 # The live rows of a type in key order, which a search walks when its criteria are met by
-# many of them (migration 0111, records.search._walk).
+# many of them (migration 0111, records.search._walks).
 Index("ix_fhir_resource_live_type", resource.c.resource_type, resource.c.org_id, resource.c.pk,
       postgresql_where=~resource.c.deleted, sqlite_where=~resource.c.deleted)
 

@@ -64,8 +64,7 @@ from careplane.records.ucum import UCUM_SYSTEM, canonical
 from careplane.records.values import DATE_MAX, DATE_MIN, cut, fold
 
 __all__ = ["ANY_TYPE", "CONTENT_INDEXES", "Scope", "chain_references", "criterion_clause",
-           "index_matches", "live", "param_is", "sort_columns", "typed_by", "visible",
-           "walk_candidates"]
+           "live", "param_is", "sort_columns", "typed_by", "visible", "walk_candidates"]
 
 _TOP = "\U0010ffff"
 #: The resource type a system-wide search (``GET /fhir?...`` without ``_type``) is built for:
@@ -415,8 +414,8 @@ def index_matches(resource_type: str, crit: Criterion, scope: Scope, *, typed: b
     ``typed=False`` leaves out the index rows' type, for a test of one resource's own rows
     (a walk's): they carry its type, and without it PostgreSQL cannot take the value's index
     for the test, which it would, expecting few rows where the statistics of all types
-    together mislead it (Patients born before 1960 looked like one, and were 1,670, read
-    again for each Patient walked)."""
+    together mislead it (at 10,000 patients, those born before 1960 looked like one, and
+    were 1,670, read again for each Patient walked)."""
     if (crit.filter is not None or crit.has is not None or crit.param is None
             or crit.chains or crit.missing is not None or crit.type in ("near", "fulltext", "list")
             or crit.modifier in ("not", "not-in")):
