@@ -328,11 +328,9 @@ def _walked_chains(session: Session, req: SearchRequest, rtype: str,
     Only a page in key order walks: an exact total (or a ``_sort``) needs every match, which
     is found for less from the targets.
     """
-    if req.sort or req.total == "accurate" or req.summary == "count":
+    wanted = _rows_read(req)
+    if wanted is None:
         return set()
-    # the rows the page statement reads (see _page): the page and the next one's first,
-    # or the count's bound when it counts too
-    wanted = max(req.count + 1, COUNT_BOUND + 1) if req.total is None else req.count + 1
     least = min(math.ceil(CHAIN_WALK_ROW_COST * wanted * CHAIN_WALK_SPLIT), 2**62)
     walking: set[int] = set()
     for i, crit in enumerate(criteria):
@@ -348,6 +346,15 @@ def _walked_chains(session: Session, req: SearchRequest, rtype: str,
         if refs * refs >= CHAIN_WALK_ROW_COST * wanted * top:
             walking.add(i)
     return walking
+
+
+def _rows_read(req: SearchRequest) -> int | None:
+    """The rows the page statement reads (see :func:`_page`): the page and the next one's
+    first, or the count's bound when it counts too; None when it needs every match (an
+    exact total, a count alone, a ``_sort``), which no walk can stop early for."""
+    if req.sort or req.total == "accurate" or req.summary == "count":
+        return None
+    return max(req.count + 1, COUNT_BOUND + 1) if req.total is None else req.count + 1
 
 
 def _walks(session: Session, req: SearchRequest, rtype: str, criteria: list[Criterion],
@@ -370,8 +377,9 @@ def _walks(session: Session, req: SearchRequest, rtype: str, criteria: list[Crit
     would cost what walking saves: there, a search walks only where ``WALK_ROW_COST`` is
     nought (as the tests set it).
     """
-    if req.sort or req.total == "accurate" or req.summary == "count" or req.count == 0 \
-            or not criteria:
+    wanted = _rows_read(req)
+    if wanted is None or not criteria or (
+            WALK_ROW_COST != 0 and session.get_bind().dialect.name != "postgresql"):
         return set()
     candidates = [found for c in criteria
                   if (found := walk_candidates(rtype, c, scope)) is not None]
@@ -380,9 +388,6 @@ def _walks(session: Session, req: SearchRequest, rtype: str, criteria: list[Crit
     everything = set(range(len(criteria)))
     if WALK_ROW_COST == 0:
         return everything
-    if session.get_bind().dialect.name != "postgresql":
-        return set()
-    wanted = max(req.count + 1, COUNT_BOUND + 1) if req.total is None else req.count + 1
     rows = _estimate(session, resource, [live(resource, rtype, scope)])
     least = math.ceil(math.sqrt(WALK_ROW_COST * wanted * rows))
     if least > WALK_COUNT_LIMIT:

@@ -473,10 +473,8 @@ def criterion_clause(r: FromClause, resource_type: str, crit: Criterion, scope: 
     found = index_matches(resource_type, crit, scope, typed=not walk)
     if found is not None:
         t, matching = found
-        if walk:
-            return exists(matching.with_only_columns(literal(1), maintain_column_froms=True)
-                          .where(t.c.resource_pk == r.c.pk).offset(0))
-        return r.c.pk.in_(matching)
+        return _per_row(matching, t.c.resource_pk == r.c.pk) if walk \
+            else r.c.pk.in_(matching)
     if crit.type == "composite" and three_part(crit.param):
         return _three_part(r, resource_type, crit, scope)
     t, rows = _rows(resource_type, code, crit.type)
@@ -670,11 +668,17 @@ def _chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,
         return r.c.pk.in_(chain_references(resource_type, crit, scope))
     assert crit.param is not None
     t, rows = _rows(resource_type, crit.param.code, "reference")
-    test = (rows.with_only_columns(literal(1), maintain_column_froms=True)
-            .where(t.c.resource_pk == r.c.pk,
-                   or_(*_chain_branches(t, crit, scope, hashed=True)))
-            .offset(0))
-    return exists(test)
+    return _per_row(rows, t.c.resource_pk == r.c.pk,
+                    or_(*_chain_branches(t, crit, scope, hashed=True)))
+
+
+def _per_row(query: Select[Any], *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """``query`` narrowed by ``conditions`` (which name the row) as a test of one row: a
+    correlated EXISTS, which PostgreSQL does not flatten into a join because of its OFFSET,
+    so that a search walking its rows in key order probes it for each and stops after the
+    page."""
+    return exists(query.with_only_columns(literal(1), maintain_column_froms=True)
+                  .where(*conditions).offset(0))
 
 
 def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Scope, *,
@@ -689,10 +693,7 @@ def _reverse_chain(r: FromClause, resource_type: str, crit: Criterion, scope: Sc
            .where(t.c.resource_type == source, param_is(t, source, ref_code),
                   t.c.target_type == resource_type, live(r2, source, scope, typed=False),
                   criterion_clause(r2, source, inner, scope)))
-    if walk:
-        return exists(ids.with_only_columns(literal(1), maintain_column_froms=True)
-                      .where(t.c.target_id == r.c.id).offset(0))
-    return r.c.id.in_(ids)
+    return _per_row(ids, t.c.target_id == r.c.id) if walk else r.c.id.in_(ids)
 
 
 def _in_list(r: FromClause, resource_type: str, crit: Criterion, scope: Scope
