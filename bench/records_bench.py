@@ -573,7 +573,6 @@ def _columns(n: int) -> str:
     return "column is a larger store" if n == 1 else f"{n} columns are larger stores"
 
 
-
 def update_docs(section: str, command: str) -> None:
     text_ = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     block = (f"{START}\n## FHIR records store\n\n{section}\n\nCommand: `{command}`\n{END}")
